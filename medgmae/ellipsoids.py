@@ -55,7 +55,6 @@ import errno
 import math
 import os
 import shlex
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -319,15 +318,12 @@ def _check_room(path: Path, count: int, level: int) -> None:
     """Raise :class:`~medgmae.write_failures.OutputWriteError` (no room) when the file of ``count`` ellipsoids at
     ``level`` would not fit in the free room of the file system of ``path``'s folder, naming both sizes and the
     finest level that fits; nothing where the free room cannot be read."""
-    from medgmae.write_failures import OutputWriteError
+    from medgmae.write_failures import OutputWriteError, free_room
 
-    folder = path.absolute().parent
-    while not folder.exists() and folder.parent != folder:  # the folder atomic_write makes: the room above it
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
+    room = free_room(path.absolute().parent)  # a folder atomic_write makes: the room above it
+    if room is None:
         return
+    folder, free = room
     size = mesh_bytes(count, level)
     if size <= free:
         return

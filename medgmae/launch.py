@@ -9,8 +9,8 @@ A command stopped by Ctrl-C (status 130) or SIGTERM (143) ends by that signal on
 Ctrl-C: a shell loop over runs (``for f in ...; do medgmae-recon ...; done``) then stops at Ctrl-C instead of going
 on to the next run, and the status is the same.
 A command whose ``main`` installs no SIGTERM handler of its own (``medgmae-2d``, ``medgmae-datalist``,
-``medgmae-runs-table``, ``medgmae-ellipsoids``) keeps :func:`run`'s through its work: SIGTERM then gives
-``<prog>: terminated (SIGTERM)`` and status 143, where it ended the process silently.
+``medgmae-runs-table``, ``medgmae-ellipsoids``, ``medgmae-info``) keeps :func:`run`'s through its work: SIGTERM then
+gives ``<prog>: terminated (SIGTERM)`` and status 143, where it ended the process silently.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import sys
 from importlib import import_module
 from typing import Any, Callable
 
-__all__ = ["run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "ellipsoids", "INTERRUPTED", "TERMINATED"]
+__all__ = [
+    "run", "ended", "recon", "twod", "phantom", "datalist", "runs_table", "ellipsoids", "info", "INTERRUPTED", "TERMINATED",
+]  # fmt: skip
 
 #: Exit status after Ctrl-C (128 + SIGINT), as each command's own handling returns.
 INTERRUPTED = 130
@@ -150,3 +152,4 @@ phantom = _command("medgmae-phantom", "medgmae.data.phantom.cli", "phantom")
 datalist = _command("medgmae-datalist", "medgmae.data.decathlon", "datalist")
 runs_table = _command("medgmae-runs-table", "medgmae.finetune.runs_table", "runs_table")
 ellipsoids = _command("medgmae-ellipsoids", "medgmae.ellipsoids_cli", "ellipsoids")
+info = _command("medgmae-info", "medgmae.info_cli", "info")

@@ -1,6 +1,6 @@
 """A write that failed for want of room (a full disk or quota, a file-size limit) or was refused for want of
 permission (a read-only folder or file system: :func:`refused_write`): told apart from other errors and named with
-its final file, whichever library was writing.
+its final file, whichever library was writing; and the free room a write would find (:func:`free_room`).
 
 Libraries report it each their own way: ``OSError`` with ``ENOSPC`` / ``EDQUOT`` / ``EFBIG`` (gzip, PIL, plain
 files), ``torch.save``'s ``RuntimeError`` from its C++ stream (``[enforce fail at inline_container.cc] . unexpected
@@ -17,9 +17,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 from pathlib import Path
 
-__all__ = ["OutputWriteError", "write_failure", "moved_failure", "refused_write"]
+__all__ = ["OutputWriteError", "write_failure", "moved_failure", "refused_write", "free_room"]
 
 #: The errno values of a write refused for want of room.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -110,3 +111,23 @@ def refused_write(error: BaseException) -> str | None:
     if isinstance(error, OSError) and error.errno in _REFUSED:  # an OutputWriteError's strerror is its whole message
         return os.strerror(error.errno) if isinstance(error, OutputWriteError) else error.strerror or os.strerror(error.errno)
     return next((os.strerror(code) for code in _REFUSED if os.strerror(code) in str(error)), None)
+
+
+def free_room(folder: str | os.PathLike) -> tuple[Path, int] | None:
+    """The free room of the file system a file in ``folder`` would be written on (the room a write there finds, not
+    what a quota may further limit).
+
+    Args:
+        folder: the folder; where it does not exist yet, the nearest folder above it that does (the file system the
+            folder made for the write would be on).
+
+    Returns:
+        ``(the folder measured, its free bytes)``, or ``None`` where the free room cannot be read.
+    """
+    measured = Path(folder).absolute()
+    while not measured.exists() and measured.parent != measured:
+        measured = measured.parent
+    try:
+        return measured, shutil.disk_usage(measured).free
+    except OSError:
+        return None

@@ -173,7 +173,7 @@ def _simulate(args) -> int:
     from recon.initialisation import hu_to_mu
     from recon.noise import noise_warnings, photons_problem, poisson_line_integrals, simulated_scan_problem
     from recon.scan_files import load_volume
-    from recon.projectors import make_projector
+    from recon.projectors import make_projector, simulation_backend
     from medgmae.data.fingerprint import path_fingerprint
 
     if args.photons is not None and (problem := photons_problem(args.photons)):
@@ -196,9 +196,7 @@ def _simulate(args) -> int:
     geom = _simulation_geometry(args, planned, mu.shape, voxel, affine)
     _note_rotation_axis(affine, args.volume)
     _warn_if_sheared(affine, mu.shape, voxel, args.volume)
-    # one projection: on the CPU, building the cone-beam matrix would cost more than the ray marcher's single pass
-    backend = "torch" if geom.kind == "cone" and device.type == "cpu" else "auto"
-    proj_op = make_projector(geom, backend, device)
+    proj_op = make_projector(geom, simulation_backend(geom, device), device)  # one projection: no cone-beam matrix on the CPU
     proj_op.lines = True  # one projection of the whole scan: minutes at clinical sizes
     print(f"simulating {geom.num_views} {geom.kind}-beam views of {'x'.join(map(str, geom.volume_shape))} voxels "
           f"({proj_op.name} projector, {device}), then their {'FBP' if geom.kind == 'parallel' else 'FDK'}...", flush=True)

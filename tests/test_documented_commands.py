@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bundles").glob("*/docs/README.md"))]
 TOOLS = {"medgmae-recon": "recon.cli", "medgmae-2d": "medgmae.twod.cli", "medgmae-phantom": "medgmae.data.phantom.cli",
          "medgmae-runs-table": "medgmae.finetune.runs_table",
-         "medgmae-datalist": "medgmae.data.decathlon", "medgmae-ellipsoids": "medgmae.ellipsoids_cli"}  # fmt: skip
+         "medgmae-datalist": "medgmae.data.decathlon", "medgmae-ellipsoids": "medgmae.ellipsoids_cli",
+         "medgmae-info": "medgmae.info_cli"}  # fmt: skip
 # Flags of ``monai.bundle run`` itself, not settings of a config.
 RUN_FLAGS = {"config_file", "meta_file", "logging_file", "args_file"}
 
@@ -128,7 +129,7 @@ def _parses(run, argv: list[str]) -> str | None:
 BENCH = [(doc, f"bench/{script}", args) for doc, script, args in _documented(
     r"python (?:(?:\.\./)+(?:bench/)?|bench/)([a-z_0-9]+\.py)([^`\n]*)", ["bench/RESULTS.md", *DOCS])
     if (ROOT / "bench" / script).is_file()]  # fmt: skip
-TOOL_CALLS = [c for c in _documented(r"\b(medgmae-(?:recon|2d|phantom|datalist|runs-table|ellipsoids))((?: +[^`\n\s][^`\n]*)?)", DOCS)
+TOOL_CALLS = [c for c in _documented(r"\b(medgmae-(?:recon|2d|phantom|datalist|runs-table|ellipsoids|info))((?: +[^`\n\s][^`\n]*)?)", DOCS)
               if len(shlex.split(c[2])) > 1 and not (c[1] in ("medgmae-recon", "medgmae-2d") and c[2].startswith("-"))]
 # (prose names a tool with one flag: "medgmae-2d --window", "medgmae-recon --init medgmae", no subcommand)
 BUNDLE = [c for c in _documented(r"-m monai\.bundle (run|verify_metadata|verify_net_in_out|ckpt_export)((?: [^`\n]*)?)", DOCS)

@@ -31,6 +31,8 @@ def _loaded_after(code: str) -> list[str]:
     ("runs_table", ["--help"]),
     ("ellipsoids", ["--help"]),
     ("ellipsoids", ["g.ply", "--level", "9"]),
+    ("info", ["--help"]),
+    ("info", ["--bogus"]),
     ("recon", ["--help"]),
     ("recon", ["reconstruct", "--bogus"]),
     ("phantom", ["--help"]),

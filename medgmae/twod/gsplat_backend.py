@@ -22,7 +22,9 @@ from torch import Tensor
 
 from medgmae.twod.compositor import EPS2D
 
-__all__ = ["BACKENDS", "check_backend_setting", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir"]
+__all__ = [
+    "BACKENDS", "check_backend_setting", "gsplat_problem", "render_gsplat", "resolve_backend_2d", "set_gsplat_cache_dir",
+]  # fmt: skip
 
 BACKENDS = ("auto", "torch", "gsplat")
 #: How to install gsplat where it is missing.
@@ -94,6 +96,13 @@ def _gsplat_error(probe: Callable[[], object] | None) -> str | None:
     except (RuntimeError, ImportError, OSError) as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
+
+
+def gsplat_problem() -> str | None:
+    """Why :func:`resolve_backend_2d` turns ``"auto"`` into the PyTorch compositor on a CUDA device (``None``: gsplat's
+    CUDA extension loads, so it gives gsplat): no CUDA device, gsplat not installed, its extension not built. The
+    answer of the probe :func:`resolve_backend_2d` makes itself (once per process; it may build the extension)."""
+    return _gsplat_error(None)
 
 
 def check_backend_setting(backend: str, device: str | torch.device, flag: str = "--render_backend") -> None:

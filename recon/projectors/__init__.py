@@ -31,6 +31,7 @@ __all__ = [
     "BackProjection",
     "make_projector",
     "resolve_backend",
+    "simulation_backend",
     "describe_backend",
     "slow_backend_note",
     "astra_cpu_supports",
@@ -76,6 +77,21 @@ def resolve_backend(geometry: CTGeometry, backend: str = "auto", device="cpu", s
     if geometry.kind == "cone" and estimate_matrix_bytes(geometry, step) <= ray_matrix.MATRIX_BUDGET_BYTES:
         return "matrix"
     return "torch"
+
+
+def simulation_backend(geometry: CTGeometry, device="cpu") -> str:
+    """The backend ``medgmae-recon simulate`` asks :func:`make_projector` for (:func:`resolve_backend` then resolves
+    it): ``"torch"`` for cone beam on the CPU, where building the sparse matrix would cost more than the ray
+    marcher's one pass over the scan, else ``"auto"``.
+
+    Args:
+        geometry: the scan to simulate.
+        device: where the volume is projected.
+
+    Returns:
+        ``"torch"`` or ``"auto"``.
+    """
+    return "torch" if geometry.kind == "cone" and usable_device(device).type == "cpu" else "auto"
 
 
 def describe_backend(backend: str, device="cpu") -> str:
