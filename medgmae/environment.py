@@ -33,8 +33,7 @@ EXAMPLE_SHAPE = (64, 64, 64)
 EXAMPLE_VIEWS = {"parallel": 180, "cone": 60}
 #: The optional packages: the module imported, and what takes its place where it is missing.
 OPTIONAL = {
-    "triton": ("triton", "the 3D renderer's auto picks Triton on CUDA and fails there without it: give the "
-                         "render_backend torch on a GPU; the CPU renders with PyTorch anyway"),
+    "triton": ("triton", "the 3D renderer renders with PyTorch, also on a GPU (slower)"),
     "gsplat": ("gsplat", "the 2D renderer uses the PyTorch compositor, also on a GPU"),
     "astra-toolbox": ("astra", "medgmae-recon projects with the PyTorch ray marcher (cone beam on the CPU: the "
                                "sparse matrix where it fits)"),
@@ -115,12 +114,11 @@ def _renderer_3d(device: torch.device) -> dict[str, str]:
     from medgmae.render import resolve_backend
 
     chosen = resolve_backend("auto", device)
-    if chosen != "triton":
-        return {"chosen": chosen, "why": f"{device} is not a CUDA device: the PyTorch renderer (Triton's kernels run on CUDA)"}
-    if optional_installed("triton"):
+    if chosen == "triton":
         return {"chosen": chosen, "why": "Triton's kernels on the CUDA device"}
-    return {"chosen": chosen, "why": "auto picks Triton on CUDA, but triton is not installed: a render with auto fails "
-                                     "there (install triton, or give the render_backend torch)"}  # fmt: skip
+    if device.type == "cuda":
+        return {"chosen": chosen, "why": "triton is not installed: the PyTorch renderer on the CUDA device (slower)"}
+    return {"chosen": chosen, "why": f"{device} is not a CUDA device: the PyTorch renderer (Triton's kernels run on CUDA)"}
 
 
 def _renderer_2d(device: torch.device) -> dict[str, str]:

@@ -4,6 +4,7 @@ what runs instead."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -173,11 +174,27 @@ def test_a_gpu_is_listed_and_triton_chosen_where_triton_imports(monkeypatch, cap
     assert {c["chosen"] for c in report["projectors"].values()} == {"astra"}  # ASTRA's CUDA 3D, simulate included
 
 
-def test_a_gpu_without_triton_says_a_render_with_auto_fails(monkeypatch):
+def test_a_gpu_without_triton_renders_with_pytorch_and_says_so(monkeypatch, caplog):
+    """auto picked Triton on any CUDA device, and a render failed where triton was not installed: it now takes the
+    PyTorch renderer there, with one warning, and the report says so."""
+    import logging
+
+    from medgmae.render import resolve_backend
+
     _fake_gpu(monkeypatch, triton=False)
     report = environment_report()
-    assert report["renderers"]["3d"]["chosen"] == "triton" and "triton is not installed" in report["renderers"]["3d"]["why"]
-    assert "triton" in report["missing"] and "render_backend torch" in report["missing"]["triton"]
+    assert report["renderers"]["3d"] == {"chosen": "torch", "why": "triton is not installed: the PyTorch renderer on "
+                                                                   "the CUDA device (slower)"}  # fmt: skip
+    assert "triton" in report["missing"] and "PyTorch, also on a GPU" in report["missing"]["triton"]
+    caplog.set_level(logging.WARNING, logger="medgmae.render")
+    monkeypatch.setattr("medgmae.render._note_once", functools.lru_cache(maxsize=None)(
+        lambda message: logging.getLogger("medgmae.render").warning("%s", message)))  # a fresh "once"
+    caplog.clear()  # the report's own resolution warned once already
+    assert [resolve_backend("auto", "cuda:0") for _ in range(3)] == ["torch"] * 3
+    assert [r.getMessage() for r in caplog.records].count(
+        "triton is not installed; rendering 3D Gaussians with the PyTorch renderer on the GPU instead (slower: "
+        "install triton, which torch's Linux CUDA wheels bring, for its kernels)") == 1
+    assert resolve_backend("triton", "cuda:0") == "triton" and resolve_backend("auto", "cpu") == "torch"
 
 
 def test_the_free_room_is_of_the_nearest_existing_folder(tmp_path, monkeypatch):

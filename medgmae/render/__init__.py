@@ -16,6 +16,9 @@ formula (every Gaussian at every voxel), the oracle the backends are tested agai
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import math
 import numbers
 import os
@@ -31,7 +34,7 @@ from medgmae.whole_numbers import whole_sizes
 
 __all__ = [
     "render_volume", "preprocess_gaussians", "count_pairs", "as_cutoff", "BACKENDS", "NonFiniteGaussiansError",
-    "resolve_backend",
+    "resolve_backend", "triton_installed",
 ]  # fmt: skip
 
 BACKENDS = ("auto", "torch", "triton")
@@ -138,11 +141,32 @@ def preprocess_gaussians(
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The backend :func:`render_volume` uses for ``backend`` on ``device``: ``"auto"`` is triton on CUDA, torch
-    elsewhere; ``"torch"`` and ``"triton"`` are returned as they are."""
-    if backend == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "torch"
-    return backend
+    """The backend :func:`render_volume` uses for ``backend`` on ``device``: ``"auto"`` is triton on CUDA where the
+    ``triton`` package is installed (a warning, once, where it is not: the PyTorch path, slower), torch elsewhere;
+    ``"torch"`` and ``"triton"`` are returned as they are."""
+    if backend != "auto":
+        return backend
+    if torch.device(device).type != "cuda":
+        return "torch"
+    if triton_installed():
+        return "triton"
+    _note_once("triton is not installed; rendering 3D Gaussians with the PyTorch renderer on the GPU instead (slower: "
+               "install triton, which torch's Linux CUDA wheels bring, for its kernels)")  # fmt: skip
+    return "torch"
+
+
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be imported (looked for, not imported: once imported, found at once)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, a broken parent package
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _note_once(message: str) -> None:
+    """Log a warning once per process (as the 2D renderer's gsplat fallback does)."""
+    logging.getLogger("medgmae.render").warning("%s", message)
 
 
 def _triton_usable(device: torch.device) -> bool:
