@@ -217,11 +217,13 @@ def _normals(parts: _Parts, start: int, stop: int) -> np.ndarray:
 
     At ``x = centre + r R S u`` the gradient of the Mahalanobis distance, ``Sigma^-1 (x - centre) = r R S^-1 u``, is
     normal to the ellipsoid and points outward (its dot product with ``x - centre`` is ``r^2 |u|^2 > 0``); it is
-    computed as ``R (min(S) S^-1) u``, whose factors lie in (0, 1], so that no ``1 / s`` overflows, and normalised.
+    computed as ``R (min(S) S^-1) u``, whose factors lie in (0, 1], so that no ``1 / s`` overflows, and normalised
+    (after its largest component is made 1, so that scales apart by more than 1e154 in float64 give no 0 / 0).
     """
     scales = parts.scales[start:stop]
     inverse = parts.rotations[start:stop] * (scales.min(-1, keepdims=True) / scales)[:, None, :]  # R min(S) S^-1
     normals = (parts.unit @ inverse.transpose(0, 2, 1)).reshape(-1, 3)
+    normals /= np.abs(normals).max(-1, keepdims=True)  # largest component 1 first: no squared norm underflows to 0
     return normals / np.sqrt(np.einsum("ni,ni->n", normals, normals))[:, None]
 
 

@@ -15,6 +15,7 @@ optional package is reported with what takes its place.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Any
 
@@ -113,7 +114,12 @@ def _renderer_3d(device: torch.device) -> dict[str, str]:
     """The 3D renderer ``backend="auto"`` uses on ``device`` (:func:`medgmae.render.resolve_backend`) and why."""
     from medgmae.render import resolve_backend
 
-    chosen = resolve_backend("auto", device)
+    render_log = logging.getLogger("medgmae.render")
+    said, render_log.disabled = render_log.disabled, True  # its fallback warning is for a render, not this report
+    try:
+        chosen = resolve_backend("auto", device)
+    finally:
+        render_log.disabled = said
     if chosen == "triton":
         return {"chosen": chosen, "why": "Triton's kernels on the CUDA device"}
     if device.type == "cuda":

@@ -118,16 +118,16 @@ def free_room(folder: str | os.PathLike) -> tuple[Path, int] | None:
     what a quota may further limit).
 
     Args:
-        folder: the folder; where it does not exist yet, the nearest folder above it that does (the file system the
-            folder made for the write would be on).
+        folder: the folder (``~`` expanded); where it does not exist yet, the nearest folder above it that does
+            (the file system the folder made for the write would be on).
 
     Returns:
         ``(the folder measured, its free bytes)``, or ``None`` where the free room cannot be read.
     """
-    measured = Path(folder).absolute()
-    while not measured.exists() and measured.parent != measured:
-        measured = measured.parent
-    try:
+    measured = Path(folder).expanduser().absolute()
+    try:  # exists() raises where a folder above cannot be entered (permission refused): the room cannot be read
+        while not measured.exists() and measured.parent != measured:
+            measured = measured.parent
         return measured, shutil.disk_usage(measured).free
     except OSError:
         return None

@@ -174,3 +174,26 @@ def test_vtk_reads_the_normals_and_computes_the_same_from_the_facets(tmp_path):
     empty = Gaussians3D(torch.zeros(1, 0, 3), torch.ones(1, 0, 3), torch.ones(1, 0, 4), torch.zeros(1, 0))
     data, arrays = _vtk_read(save_ellipsoids(tmp_path / "empty.vtk", empty))
     assert data.GetNumberOfPoints() == 0 and arrays["normals"].shape[0] == 0
+
+
+def test_scales_far_apart_in_float64_give_unit_normals():
+    """Scales 1e-200, 1e30 and 1 (float64 Gaussians built in Python): the squared norm of the unscaled normal
+    underflowed to 0 and 8 of the 42 normals were NaN; each is now the analytic ``S^-1 u`` direction (no rotation),
+    worked out here in logarithms (finite unit vectors only where a scale ratio falls below the subnormal range's
+    precision)."""
+    from medgmae.ellipsoids import ellipsoid_mesh
+    from medgmae.icosphere import icosphere
+
+    for scales in ((1e-200, 1e30, 1.0), (1e-300, 1e10, 1.0), (5e-324, 1.0, 1.0)):  # the last: finite and unit only
+        g = Gaussians3D(torch.zeros(1, 1, 3, dtype=torch.float64), torch.tensor([[scales]], dtype=torch.float64),
+                        torch.tensor([[[1.0, 0.0, 0.0, 0.0]]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
+        normals = np.asarray(ellipsoid_mesh(g, level=1).normals)
+        unit = np.asarray(icosphere(1)[0], dtype=np.float64)
+        with np.errstate(divide="ignore"):  # log|u| of a zero component: -inf, a zero in the direction
+            logs = np.log(np.abs(unit)) - np.log(np.asarray(scales))  # of |u_i| / s_i, which may overflow as such
+        direction = np.sign(unit) * np.exp(logs - logs.max(-1, keepdims=True))
+        expected = direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+        assert np.isfinite(normals).all(), scales
+        np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-12)
+        if min(scales) > 1e-320:  # 5e-324 / 1 is below the subnormal range's precision: directions are rounded
+            np.testing.assert_allclose(normals, expected, atol=1e-12)

@@ -277,3 +277,23 @@ def test_save_nifti_atomic_refuses_a_bad_affine_and_writes_nothing(tmp_path):
         with pytest.raises(ValueError, match="vol.nii.gz"):
             save_nifti_atomic(np.zeros((2, 2, 2)), affine, tmp_path / "vol.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_misnamed_plain_nifti_that_cannot_be_mapped_is_read_whole(tmp_path, monkeypatch):
+    """A file system that maps no file (``mmap`` raising): the misnamed ``.nii.gz`` is read as the plain NIfTI it is."""
+    import mmap
+
+    import nibabel as nib
+    import numpy as np
+
+    from medgmae.data import read_volume
+
+    array = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    nib.save(nib.Nifti1Image(array, np.diag([0.5, 0.6, 2.0, 1.0])), str(tmp_path / "ct.nii"))
+    (tmp_path / "ct.nii").rename(tmp_path / "ct.nii.gz")
+
+    def refused(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refused)
+    np.testing.assert_array_equal(read_volume(tmp_path / "ct.nii.gz").array, array)

@@ -65,8 +65,8 @@ def test_samplers_of_numpy_and_torch_integers_and_batches_of_tuples_index_as_int
     assert ints.shape[0] == 6  # two crops an item
     assert torch.equal(_images(batch_size=2, sampler=np.array([3, 1, 6])), ints)
     assert torch.equal(_images(batch_size=2, sampler=[torch.tensor(i) for i in (3, 1, 6)]), ints)
-    for batches in ([(3, 1), (6,)], [np.array([3, 1]), np.array([6])]):
-        assert torch.equal(_images(batch_sampler=batches), ints)
+    for batches in ([(3, 1), (6,)], [np.array([3, 1]), np.array([6])], list(torch.tensor([3, 1, 6]).split(2))):
+        assert torch.equal(_images(batch_sampler=batches), ints)  # a last batch of one tensor index: still a batch
     assert not torch.equal(_images(batch_size=2, sampler=[3, 6, 1]), ints)  # the control: the order matters
 
 
@@ -144,6 +144,17 @@ class _TorchDrawn(RandomizableTrait, MapTransform):
 
     def __call__(self, data):
         return {k: v + torch.rand(()) for k, v in data.items()}
+
+
+def test_workers_are_not_kept_where_some_draws_are_not_seeded(caplog):
+    """A kept worker's own generators carry on from epoch to epoch where a resumed run's new workers start afresh:
+    with random draws the loader cannot seed, its workers are started each epoch, and it says so."""
+    caplog.set_level(logging.WARNING, logger="medgmae.engine")
+    chain = Compose([_TorchDrawn(keys="image"), RandFlipd(keys="image", prob=0.5)])
+    loader = SeededDataLoader(Dataset(ITEMS, transform=chain), num_workers=2, persistent_workers=True)
+    assert not loader.persistent_workers and "its workers are started each epoch, not kept" in caplog.text
+    seeded = SeededDataLoader(_dataset(), num_workers=2, persistent_workers=True)
+    assert seeded.persistent_workers and seeded.dataset.unseeded is None
 
 
 def test_random_draws_the_loader_cannot_seed_are_named(caplog):

@@ -201,3 +201,25 @@ def test_a_write_failure_in_a_data_loader_worker_is_said_in_one_line():
     assert said == ("/cache/abc.pt could not be written (No space left on device): is the disk or your quota full, or "
                     "a file-size limit (ulimit -f) set? Nothing of it was kept"), str(e.value)
     assert torch.utils.data.get_worker_info() is None
+
+
+def test_free_room_is_none_where_a_folder_above_cannot_be_entered_and_expands_the_home(tmp_path, monkeypatch):
+    """``Path.exists`` raises where a folder above cannot be entered (permission refused): the room cannot be read,
+    which is ``None``, not a traceback (``medgmae-info --path``); ``~`` is the home folder, not a folder named ``~``
+    below the current one."""
+    from pathlib import Path
+
+    from medgmae.write_failures import free_room
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    measured, free = free_room("~/runs/new")
+    assert measured == tmp_path and free > 0
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", refused)
+    assert free_room(tmp_path / "locked" / "inner") is None

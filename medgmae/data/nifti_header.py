@@ -57,14 +57,17 @@ def _mapped(path: Path):
     """The file's bytes as a read-only memory map (as nibabel maps a plain ``.nii``): no file stays open, and a data
     proxy derived from the image (``img.dataobj.reshape(...)``, :func:`_in_mm`'s image) reads it as long as it is
     kept, whatever was freed before it (a stream closed with the first image failed them). An empty file gives an
-    empty stream: nibabel's own error names the missing header."""
+    empty stream: nibabel's own error names the missing header; a file that cannot be mapped is read whole."""
     import io
     import mmap
 
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return io.BytesIO(b"")
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that maps no file: the bytes read whole, as nibabel falls back
+            return io.BytesIO(f.read())
 
 
 #: Millimetres per NIfTI spatial unit other than mm; "unknown" is taken as mm, as ITK takes it.

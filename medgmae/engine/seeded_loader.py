@@ -64,6 +64,7 @@ class SeededItems(Dataset):
     Attributes:
         epoch_seed: the current epoch's seed (set by :class:`SeededDataLoader` in the main process); ``None``: an item
             asked for by its index alone is drawn from the transforms' states as they are, as without this wrapper.
+        unseeded: why some random draws are not seeded for each item (the warning's words), or ``None``.
 
     An index drawn twice in one epoch (a sampler with replacement) gets the same draws both times. Random
     transforms that draw from another generator than their ``R`` (MONAI's ``RandTorchVisiond``, torch's), and those
@@ -79,9 +80,9 @@ class SeededItems(Dataset):
         self.dataset = dataset
         self.transforms = [t for t in found if isinstance(t, Randomizable)]
         self.epoch_seed: int | None = None
-        note = _unseeded_note(dataset, self.transforms, [t for t in found if not isinstance(t, Randomizable)])
-        if note:
-            logger.warning("SeededDataLoader: %s", note)
+        self.unseeded = _unseeded_note(dataset, self.transforms, [t for t in found if not isinstance(t, Randomizable)])
+        if self.unseeded:
+            logger.warning("SeededDataLoader: %s", self.unseeded)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -101,7 +102,7 @@ class SeededItems(Dataset):
     def __getattr__(self, name: str) -> Any:
         """The wrapped dataset's attributes (``data``, ``transform``, ...), for code that reads them through
         ``loader.dataset``."""
-        if name.startswith("__") or name in ("dataset", "transforms", "epoch_seed"):
+        if name.startswith("__") or name in ("dataset", "transforms", "epoch_seed", "unseeded"):
             raise AttributeError(name)  # not forwarded: unpickling (spawned workers) looks these up before __init__
         return getattr(self.dataset, name)
 
@@ -112,23 +113,21 @@ class SeededIndices:
     the item with its index (a worker kept from an earlier epoch holds that epoch's copy of the items).
 
     Args:
-        indices: the sampler or batch sampler (a batch: a list of indices).
+        indices: the sampler or batch sampler.
         items: the :class:`SeededItems` whose ``epoch_seed`` is read.
+        batched: ``indices`` yields batches of indices (a batch sampler: the loader collates), not indices.
     """
 
-    def __init__(self, indices: Any, items: SeededItems) -> None:
-        self.indices, self.items = indices, items
+    def __init__(self, indices: Any, items: SeededItems, batched: bool) -> None:
+        self.indices, self.items, self.batched = indices, items, bool(batched)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __iter__(self):
         seed = self.items.epoch_seed
-        for index in self.indices:
-            try:
-                yield seed, operator.index(index)  # an index (a Python, NumPy or 0-d torch integer)
-            except TypeError:
-                yield [(seed, operator.index(i)) for i in index]  # a batch of them
+        for index in self.indices:  # Python, NumPy or 0-d torch integers, or batches of them (lists, arrays, tensors)
+            yield [(seed, operator.index(i)) for i in index] if self.batched else (seed, operator.index(index))
 
 
 class SeededDataLoader(DataLoader):
@@ -144,7 +143,9 @@ class SeededDataLoader(DataLoader):
         num_workers: data loader worker processes; the items do not depend on it.
         **kwargs: the other ``DataLoader`` arguments; ``collate_fn`` defaults to MONAI's ``list_data_collate``
             (a transform's list of crops becomes items of the batch) and ``worker_init_fn`` to MONAI's;
-            ``persistent_workers`` keeps the workers between epochs (the items do not depend on it either).
+            ``persistent_workers`` keeps the workers between epochs (the items do not depend on it either), except
+            where some random draws are not seeded for each item (a warning names them): a kept worker's generators
+            would carry on where a resumed run's new workers start afresh.
     """
 
     #: what :func:`~medgmae.engine.resume.loader_record` records: a resume compares it with the checkpoint's.
@@ -155,7 +156,13 @@ class SeededDataLoader(DataLoader):
 
         kwargs.setdefault("collate_fn", list_data_collate)
         kwargs.setdefault("worker_init_fn", worker_init_fn)
-        super().__init__(SeededItems(dataset), num_workers=num_workers, **kwargs)
+        items = SeededItems(dataset)
+        if items.unseeded and kwargs.get("persistent_workers") and num_workers > 0:
+            # a kept worker's own generators carry on from epoch to epoch, new ones (a resumed run's) start afresh
+            logger.warning("SeededDataLoader: its workers are started each epoch, not kept (persistent_workers), so "
+                           "that a resumed run draws those random draws as an uninterrupted one does")  # fmt: skip
+            kwargs["persistent_workers"] = False
+        super().__init__(items, num_workers=num_workers, **kwargs)
         self._seeded_indices: SeededIndices | None = None
 
     @property
@@ -164,7 +171,7 @@ class SeededDataLoader(DataLoader):
         for ``len(loader)``): its sampler or batch sampler, each index paired with the epoch's seed. One object for
         the loader's life: a kept iterator (``persistent_workers``) holds it and iterates it again each epoch."""
         if self._seeded_indices is None:
-            self._seeded_indices = SeededIndices(super()._index_sampler, self.dataset)
+            self._seeded_indices = SeededIndices(super()._index_sampler, self.dataset, self._auto_collation)
         return self._seeded_indices
 
     def __iter__(self):
