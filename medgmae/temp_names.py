@@ -44,7 +44,8 @@ TEMP_NAME = re.compile(rf"^\.tmp-{WRITER}[0-9a-f]{{12}}-(?P<name>.+)$")
 STAGING_NAME = re.compile(rf"^\.(?P<name>.+)\.staging-{WRITER}[a-z0-9_]{{8}}$")
 
 #: The claim of a file being built (:mod:`medgmae.data.cache_claims`): ``.<name>.claim``, one name per file so that
-#: one process alone creates it (``O_EXCL``); its writer (host, process id, start) is its content (:func:`claim_writer`).
+#: one process alone creates it (``O_EXCL``); its writer (host, process id, start) is its content
+#: (:func:`claim_writer`).
 CLAIM_NAME = re.compile(r"^\.(?P<name>.+)\.claim$")
 
 #: The longest file name the usual file systems take (``NAME_MAX``), in bytes.

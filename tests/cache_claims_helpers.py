@@ -37,6 +37,17 @@ class SlowCountedBuild(Transform):
         return expected_item(item)
 
 
+class TerminatedWhileBuilding(Transform):
+    """A pre-processing during which the process receives SIGTERM."""
+
+    def __call__(self, item: dict) -> dict:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5.0)  # the handler runs in the meantime
+        return expected_item(item)
+
+
 def builds(counter: str | Path) -> list[str]:
     """The item names the counter file lists, one per run of the pre-processing."""
     path = Path(counter)

@@ -56,7 +56,9 @@ def test_processes_building_one_cache_at_once_build_each_item_once(tmp_path):
 
 
 @pytest.mark.parametrize("whose", ["a dead process on this host", "this process, not one of its claims"])
-def test_a_claim_of_a_process_that_no_longer_runs_is_taken_over_at_once(tmp_path, dead_pid, caplog, whose):
+def test_a_claim_of_a_process_that_no_longer_runs_is_taken_over_at_once(tmp_path, dead_pid, caplog, monkeypatch,
+                                                                        whose):  # fmt: skip
+    monkeypatch.setattr(claims_mod, "CLAIM_SECONDS", 5.0)  # a claim wrongly waited on fails the test, not hangs it
     data, counter = items(1), tmp_path / "builds.txt"
     (tmp_path / "cache").mkdir()
     claim = _claim_of(tmp_path / "cache", data[0])
@@ -95,9 +97,10 @@ def test_a_claim_held_on_another_host_is_waited_on_for_the_bound_then_built(tmp_
     assert builds(counter) == ["case-0", "case-1", "case-2"] and not list(folder.glob(".*.claim"))
 
 
-def test_a_builder_that_fails_leaves_no_claim_and_its_waiter_builds(tmp_path, caplog):
+def test_a_builder_that_fails_leaves_no_claim_and_its_waiter_builds(tmp_path, caplog, monkeypatch):
     """Two threads of one process want one item: the first claims it and fails; the second, waiting on that
     claim, then builds it (no deadlock within a process)."""
+    monkeypatch.setattr(claims_mod, "CLAIM_SECONDS", 10.0)  # a claim left behind would be waited on that long
     data, counter, folder = items(1), tmp_path / "builds.txt", tmp_path / "cache"
     folder.mkdir()
     ds = DiskCacheDataset(data, chain(counter, pause=1.0, fail_first=True), folder)
@@ -115,8 +118,10 @@ def test_a_builder_that_fails_leaves_no_claim_and_its_waiter_builds(tmp_path, ca
     while not claim.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert claim.exists()
+    start = time.monotonic()
     with caplog.at_level(logging.INFO, logger="medgmae"):
         got = ds[0]
+    assert time.monotonic() - start < 8.0  # the failed build's claim went with it
     thread.join(30)
     assert len(errors) == 1 and "pre-processing case-0 failed" in repr(errors[0].__cause__ or errors[0])
     assert _same(got, data[0]) and builds(counter) == ["case-0", "case-0"] and not claim.exists()
@@ -146,6 +151,33 @@ def test_sigterm_removes_the_claims_a_process_holds(tmp_path):
     assert proc.wait(60) == -signal.SIGTERM and not claim.exists()
 
 
+def test_sigterm_removes_the_claims_then_runs_the_handler_it_replaced(tmp_path):
+    """Where the run handles SIGTERM itself (the bundles' handler stops the run with an exception), the claims are
+    removed first, then that handler runs, and it is SIGTERM's handler again afterwards."""
+    from monai.transforms import Compose
+
+    from cache_claims_helpers import TerminatedWhileBuilding
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    data, folder = items(1), tmp_path / "cache"
+    folder.mkdir()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Exception) as caught:
+            DiskCacheDataset(data, Compose([TerminatedWhileBuilding()]), folder)[0]
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    chain_of_errors = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert any(isinstance(e, Stopped) for e in chain_of_errors), chain_of_errors
+    assert not list(folder.glob(".*.claim")) and not list(folder.glob("*.pt"))
+
+
 def test_a_run_start_removes_claims_that_killed_builders_left(tmp_path, dead_pid, caplog):
     """Claims of processes gone from this host (a minute old) and claims unchanged for a day are removed at a run's
     start, as killed writers' temporary files are, and said; a live process's claim, a recent one of a gone
@@ -154,8 +186,9 @@ def test_a_run_start_removes_claims_that_killed_builders_left(tmp_path, dead_pid
     folder = cache_folder(tmp_path / "cache", transform)
     old, older = time.time() - 120, time.time() - 2 * 24 * 3600
     dead, live, far, foreign, recent = (folder / f".{c * 64}.pt.claim" for c in "abcde")
-    for path, host, pid, when in ((dead, None, dead_pid, old), (live, None, None, old),
-                                  (far, "other-node.cluster", None, older), (recent, None, dead_pid, None)):  # fmt: skip
+    claims = [(dead, None, dead_pid, old), (live, None, None, old), (far, "other-node.cluster", None, older),
+              (recent, None, dead_pid, None)]  # fmt: skip
+    for path, host, pid, when in claims:
         write_claim(path, host=host, pid=pid)
         if when:
             os.utime(path, (when, when))

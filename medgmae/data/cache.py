@@ -114,7 +114,7 @@ def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | No
         transform: the dataset's transform chain (its deterministic head is hashed).
         spec: the pre-processing record (``PreprocessingSpec.to_dict()`` or any JSON-able mapping).
         create: create the folder and its ``preprocessing.json`` now (``False``: only name it;
-            :class:`DiskCacheDataset` creates it with its first cache file).
+            :class:`DiskCacheDataset` creates it when it builds its first item).
 
     Returns:
         The folder.
@@ -165,8 +165,8 @@ class DiskCacheDataset(PersistentDataset):
     docstring) and read back when unreadable ones are recomputed.
 
     Nothing is written before the first item is loaded: the folder (and its ``preprocessing.json``) is created
-    with the first cache file, so that a run refused before training (a resume that does not fit, unusable data)
-    leaves no trace.
+    when the first item is built (before its claim and cache file), so that a run refused before training (a resume
+    that does not fit, unusable data) leaves no trace.
 
     Args:
         data: datalist items.
@@ -354,7 +354,7 @@ def training_dataset(
 
         return Dataset(data, transform)
     record = preprocessing_record(transform, spec)
-    folder = _named_folder(cache_root, record, create=False)  # created with its first cache file
+    folder = _named_folder(cache_root, record, create=False)  # created when its first item is built
     if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
         _NAMED_FOLDERS.add(str(folder))
         logger.info("pre-processed volumes are cached in %s", folder)

@@ -5,11 +5,12 @@ several pre-trainings), and the ranks and data loader workers of one job, all wa
 disk cache (:class:`medgmae.data.cache.DiskCacheDataset`) at first. Pre-processing a CT volume takes about 20 s of
 CPU, so each process building every item itself spends that many times the CPU. Instead, a process that finds an
 item's file missing first claims it (:func:`claimed`): it creates ``.<file name>.claim`` beside the file with
-``O_CREAT | O_EXCL``, which one process alone succeeds in, and writes its host, process id, start time and a random
-token into it (:func:`medgmae.temp_names.claim_writer` reads them); it builds the item, writes its file (atomically)
-and removes the claim, also when the build fails. A process that finds the claim taken waits, polling every
-:data:`POLL_SECONDS` (growing from 0.2 to 1 s), for the file to appear and loads it; it says once per cache folder
-(INFO) that it waits for another process's pre-processing. It builds the item itself instead when:
+``O_CREAT | O_EXCL``, which one process alone succeeds in (local disks, NFS version 3 and later), and writes its
+host, process id, start time and a random token into it (:func:`medgmae.temp_names.claim_writer` reads them); it
+builds the item, writes its file (atomically) and removes the claim, also when the build fails. A process that
+finds the claim taken waits, polling every :data:`POLL_SECONDS` (growing from 0.2 to 1 s), for the file to appear
+and loads it; it says once per cache folder (INFO) that it waits for another process's pre-processing. It builds
+the item itself instead when:
 
 * the claim disappears without the file (its builder failed): it claims the item in turn;
 * the claimant ran on this host and its process no longer runs (killed), or it is this very process but not one
@@ -22,18 +23,21 @@ and removes the claim, also when the build fails. A process that finds the claim
   one would keep jobs idle longer after a node's loss. A claim found already older (a job killed hours ago) is taken
   over at once.
 
-A process holds one claim at a time and never waits while holding one, so no process, and no set of processes,
-waits on itself: a claim of another thread of this process is waited for as another process's. Two waiters that
-take over one dead claim at the same moment may both build the item (each writes it whole; the second replaces
-the first): the cost of a rare race is the duplicated work, never a damaged file.
+Each thread of a process holds one claim at a time and never waits while holding one, so no process, and no set
+of processes, waits on itself: a claim of another thread of this process is waited for as another process's. Two
+waiters that take over one dead claim at the same moment may both build the item (each writes it whole; the second
+replaces the first): the cost of a rare race is the duplicated work, never a damaged file. So is that of a builder
+in another container under this host's name, whose process id this one cannot see: its claim is taken for a killed
+process's, and its item built twice, as it was before claims.
 
 A process ended by Ctrl-C or an error removes its claims (``finally``); SIGTERM (a batch system's time limit, the
 data loader ending its workers) does too: while the main thread holds a claim, a SIGTERM handler removes this
-process's claims and then does what the handler it replaced would have done (ends the process, or runs the run's
-own handler). A process killed outright (SIGKILL) leaves its claim, which waiters take over as above and which the
-next run's start removes as a killed writer's temporary file
-(:func:`medgmae.temp_names.remove_dead_writers_files`). Where no claim can be created (a read-only folder, another
-user's), the item is built unclaimed, as before (its write then says why it fails).
+process's claims and then does what the disposition it replaced would have done (ends the process, or runs the
+run's own handler), and that disposition is put back when the claim ends (an ignored SIGTERM is left ignored).
+A process killed outright (SIGKILL) leaves its claim, which waiters take over as above and which the next run's
+start removes as a killed writer's temporary file (:func:`medgmae.temp_names.remove_dead_writers_files`). Where no
+claim can be created (a read-only folder, another user's), the item is built unclaimed, as before (its write then
+says why it fails).
 """
 
 from __future__ import annotations
@@ -239,7 +243,7 @@ def _guard_sigterm() -> None:
     if threading.current_thread() is not threading.main_thread() or _PREVIOUS:
         return
     previous = signal.getsignal(signal.SIGTERM)
-    if previous is None or previous is _on_sigterm:  # a handler installed outside Python: left alone
+    if previous in (None, signal.SIG_IGN) or previous is _on_sigterm:  # set outside Python, or SIGTERM ends nothing
         return
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -258,8 +262,8 @@ def _unguard_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """Remove this process's claims, then do what the replaced disposition does: end the process (the default),
-    nothing (ignored) or run the replaced handler."""
+    """Remove this process's claims, put back the replaced disposition and send SIGTERM again: it ends the process
+    (the default) or runs the replaced handler."""
     with _LOCK:
         held = list(_HELD.items())
         _HELD.clear()
@@ -268,7 +272,4 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     previous = _PREVIOUS.pop() if _PREVIOUS else signal.SIG_DFL
     _PREVIOUS.clear()
     signal.signal(signal.SIGTERM, previous)
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_DFL:
-        os.kill(os.getpid(), signum)  # ends the process as SIGTERM would have
+    os.kill(os.getpid(), signum)  # again, to the replaced disposition: the default ends the process, a handler runs
