@@ -3,7 +3,9 @@ outputs (:func:`medgmae.files.staged_outputs`), named after their writer: ``.tmp
 ``.<name>.staging-<host>.<pid>-<8>``; a name too long for that is shortened (:func:`fitted_name`) to fit the file
 system's :data:`NAME_BYTES`, as are the names the toolkit makes from its inputs' names.
 
-A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file or staging folder.
+A write killed before its rename (SIGKILL, a batch system's time limit) leaves its temporary file or staging folder,
+and a builder of a cache file killed while it builds leaves its claim (``.<name>.claim``, :func:`claim_name`, holding
+its host and process id: :mod:`medgmae.data.cache_claims`).
 In a folder that one run owns, the next run removes such files (:func:`remove_interrupted_writes`); in a folder
 shared by runs (``reconstruct --matrix-dir``, the pre-processing cache, a command-line tool's output:
 :func:`remove_dead_writes_of`) another run may be writing one, so a file is removed only when its name says that it
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,9 +28,10 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["HOST_CHARS", "NAME_BYTES", "RECENT_SECONDS", "REMOVED_BECAUSE", "STAGING_NAME", "STALE_SECONDS",
-           "TEMP_NAME", "WRITER", "fitted_name", "host_tag", "process_alive", "remove_dead_writers_files",
-           "remove_dead_writes_of", "remove_interrupted_writes", "shortened_from", "staging_prefix", "temp_name"]
+__all__ = ["CLAIM_NAME", "HOST_CHARS", "NAME_BYTES", "RECENT_SECONDS", "REMOVED_BECAUSE", "STAGING_NAME",
+           "STALE_SECONDS", "TEMP_NAME", "WRITER", "claim_name", "claim_writer", "fitted_name", "host_tag",
+           "process_alive", "remove_dead_writers_files", "remove_dead_writes_of", "remove_interrupted_writes",
+           "shortened_from", "staging_prefix", "temp_name"]
 
 #: The writer part of a temporary name, ``<host>.<pid>-`` (:func:`host_tag`, the process id), as a pattern.
 WRITER = r"(?P<host>[A-Za-z0-9.-]+?)\.(?P<pid>\d+)-"
@@ -38,6 +42,11 @@ TEMP_NAME = re.compile(rf"^\.tmp-{WRITER}[0-9a-f]{{12}}-(?P<name>.+)$")
 #: A staging folder of :func:`medgmae.files.staged_outputs`: the folder it fills (``name``), its writer
 #: (:data:`WRITER`), the 8 characters ``tempfile.mkdtemp`` adds.
 STAGING_NAME = re.compile(rf"^\.(?P<name>.+)\.staging-{WRITER}[a-z0-9_]{{8}}$")
+
+#: The claim of a file being built (:mod:`medgmae.data.cache_claims`): ``.<name>.claim``, one name per file so that
+#: one process alone creates it (``O_EXCL``); its writer (host, process id, start) is its content
+#: (:func:`claim_writer`).
+CLAIM_NAME = re.compile(r"^\.(?P<name>.+)\.claim$")
 
 #: The longest file name the usual file systems take (``NAME_MAX``), in bytes.
 NAME_BYTES = 255
@@ -141,6 +150,27 @@ def staging_prefix(name: str) -> str:
     return f".{fitted_name(name, '', NAME_BYTES - 9 - _bytes(writer))}{writer}"
 
 
+def claim_name(name: str) -> str:
+    """The name of the claim of the file ``name`` (:data:`CLAIM_NAME`), in :data:`NAME_BYTES` (``name`` shortened
+    where needed, :func:`fitted_name`)."""
+    return f".{fitted_name(name, '', NAME_BYTES - 7)}.claim"
+
+
+def claim_writer(path: str | os.PathLike) -> dict | None:
+    """The writer a claim file names: ``{"host", "pid", "start", "token"}`` (:func:`host_tag`, the process id, its
+    ``time.time()`` at the claim, a random text telling two claims of one process apart), or ``None`` when the file
+    is gone or holds no such record (being written, cut short)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.loads(f.read(4096))
+    except (OSError, ValueError):
+        return None
+    kinds = {"host": str, "pid": int, "start": (int, float), "token": str}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in kinds.items()):
+        return None
+    return record
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this host (signal 0 is sent: nothing is delivered). ``True`` where that
     cannot be told (another user's process; Windows, where ``os.kill`` would end it)."""
@@ -158,11 +188,12 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*", *, name: str | None = None) -> list[Path]:
-    """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`) and staging folders
-    (:data:`STAGING_NAME`) of writers that were killed: those written on this host by a process that no longer runs
-    and unchanged for :data:`RECENT_SECONDS`, and those unchanged for :data:`STALE_SECONDS` whatever their host and
-    process (a container's writer); a staging folder changes as long as anything in it does. Newer ones of live
-    writers and of other hosts, and names without a writer (older versions) are left as they are; a message naming
+    """Remove, directly inside ``folder``, the temporary files (:data:`TEMP_NAME`), staging folders
+    (:data:`STAGING_NAME`) and claims (:data:`CLAIM_NAME`, their writer in their content) of writers that were
+    killed: those written on this host by a process that no longer runs and unchanged for :data:`RECENT_SECONDS`,
+    and those unchanged for :data:`STALE_SECONDS` whatever their host and process (a container's writer); a staging
+    folder changes as long as anything in it does. Newer ones of live writers and of other hosts, names without a
+    writer (older versions) and claims holding no writer's record are left as they are; a message naming
     what was removed says why with :data:`REMOVED_BECAUSE`.
 
     Args:
@@ -178,7 +209,7 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*", *, na
         return []
     host, now, removed = host_tag(), time.time(), []
     for path in sorted(folder.iterdir()):
-        found = TEMP_NAME.match(path.name) or STAGING_NAME.match(path.name)
+        found = TEMP_NAME.match(path.name) or STAGING_NAME.match(path.name) or CLAIM_NAME.match(path.name)
         if found is None or not (fnmatch.fnmatchcase(found["name"], names) if name is None else
                                  found["name"] == name or shortened_from(found["name"], name)):
             continue
@@ -187,7 +218,10 @@ def remove_dead_writers_files(folder: str | os.PathLike, names: str = "*", *, na
             if path.is_symlink() or not (path.is_dir() if staging else path.is_file()):
                 continue
             age = now - (_newest_change(path) if staging else path.stat().st_mtime)
-            dead = found["host"] == host and age >= RECENT_SECONDS and not process_alive(int(found["pid"]))
+            writer = claim_writer(path) if found.re is CLAIM_NAME else found.groupdict()
+            if writer is None:  # a file named as a claim that holds none: not the toolkit's, or being written
+                continue
+            dead = writer["host"] == host and age >= RECENT_SECONDS and not process_alive(int(writer["pid"]))
             if not (dead or age >= STALE_SECONDS):
                 continue
             shutil.rmtree(path) if staging else path.unlink()

@@ -29,6 +29,15 @@ node-local ``/tmp`` and a shared cache) the move is a copy, which another rank c
 override of ``_cachecheck``. A process killed while writing leaves its temporary file; every run removes those of
 writers that no longer run on its host, and those unchanged for a day whoever wrote them (a container's writer:
 :func:`medgmae.temp_names.remove_dead_writers_files`), never one a live process may still be writing.
+
+Each missing item is pre-processed once, whatever the number of processes that want it at once (jobs started
+together with one ``cache_dir``, ranks, loader workers): the first claims it with a ``.<file name>.claim`` file
+created exclusively beside its cache file, and the others wait for that file and load it
+(:mod:`medgmae.data.cache_claims`: what a waiter says, and when it builds the item itself: the claim removed
+without a file, its process gone from this host, or the claim 30 minutes old). A claim is removed when its build
+ends, fails, or is stopped by Ctrl-C or SIGTERM; one a killed process left is taken over by the next process that
+wants its item, and removed at a run's start as a killed writer's temporary file is. Without contention the only
+change is the claim's creation and removal around each build.
 """
 
 from __future__ import annotations
@@ -47,9 +56,10 @@ import torch
 from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait
 
+from medgmae.data.cache_claims import claimed
 from medgmae.data.fingerprint import file_fingerprint
 from medgmae.files import atomic_write, output_dir_problem, save_json_atomic
-from medgmae.temp_names import REMOVED_BECAUSE, remove_dead_writers_files
+from medgmae.temp_names import CLAIM_NAME, REMOVED_BECAUSE, remove_dead_writers_files
 from medgmae.write_failures import refused_write
 from medgmae.words import plural
 
@@ -104,7 +114,7 @@ def cache_folder(cache_root: str | Path, transform: Callable, spec: Mapping | No
         transform: the dataset's transform chain (its deterministic head is hashed).
         spec: the pre-processing record (``PreprocessingSpec.to_dict()`` or any JSON-able mapping).
         create: create the folder and its ``preprocessing.json`` now (``False``: only name it;
-            :class:`DiskCacheDataset` creates it with its first cache file).
+            :class:`DiskCacheDataset` creates it when it builds its first item).
 
     Returns:
         The folder.
@@ -155,8 +165,8 @@ class DiskCacheDataset(PersistentDataset):
     docstring) and read back when unreadable ones are recomputed.
 
     Nothing is written before the first item is loaded: the folder (and its ``preprocessing.json``) is created
-    with the first cache file, so that a run refused before training (a resume that does not fit, unusable data)
-    leaves no trace.
+    when the first item is built (before its claim and cache file), so that a run refused before training (a resume
+    that does not fit, unusable data) leaves no trace.
 
     Args:
         data: datalist items.
@@ -192,15 +202,27 @@ class DiskCacheDataset(PersistentDataset):
         return torch.load(hashfile, weights_only=self.weights_only)
 
     def _cachecheck(self, item_transformed: Any) -> Any:
+        """The pre-processed item: its cache file's, else built under a claim (another process building it is
+        waited for: :mod:`medgmae.data.cache_claims`) and written."""
         key = self.hash_func(item_transformed).decode()
         hashfile = Path(self.cache_dir) / f"{key}.pt"
-        if hashfile.is_file() and (found := self._cached(hashfile, key)) is not _REBUILD:
-            return found
-        from copy import deepcopy
+        unusable = None
+        if hashfile.is_file():
+            if (found := self._cached(hashfile, key)) is not _REBUILD:
+                return found
+            unusable = _status(hashfile)
+        try:
+            _write_record(self.cache_dir, self.record)  # the claim's folder (a refusal is said by the write below)
+        except OSError:
+            pass
+        with claimed(hashfile, unusable) as build:
+            if not build and (found := self._cached(hashfile, key)) is not _REBUILD:
+                return found
+            from copy import deepcopy
 
-        out = self._pre_transform(deepcopy(item_transformed))
-        self._write(hashfile, key, out)
-        return out
+            out = self._pre_transform(deepcopy(item_transformed))
+            self._write(hashfile, key, out)
+            return out
 
     def _cached(self, hashfile: Path, key: str) -> Any:
         """The pre-processed item ``hashfile`` holds when it is the entry of the item whose key is ``key``, else
@@ -270,6 +292,14 @@ def _unreadable_reason(hashfile: Path, error: Exception) -> str:
     return type(error).__name__ + (f": {reason[:200]}" if reason else "")
 
 
+def _status(path: Path) -> os.stat_result | None:
+    """``path``'s status, ``None`` when it is gone."""
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 def _compact(obj: Any) -> Any:
     """``obj`` with each tensor that is a view of a larger storage copied into its own: ``torch.save`` writes a
     tensor's whole storage, so a foreground crop (a view of the resampled volume) would store the voxels it cut
@@ -324,7 +354,7 @@ def training_dataset(
 
         return Dataset(data, transform)
     record = preprocessing_record(transform, spec)
-    folder = _named_folder(cache_root, record, create=False)  # created with its first cache file
+    folder = _named_folder(cache_root, record, create=False)  # created when its first item is built
     if str(folder) not in _NAMED_FOLDERS:  # a run's training and validation datasets share it: named once
         _NAMED_FOLDERS.add(str(folder))
         logger.info("pre-processed volumes are cached in %s", folder)
@@ -333,8 +363,12 @@ def training_dataset(
         logger.warning("--cache_dir %r: %s: the cached volumes are read from it, and a volume not cached there "
                        "stops the run when it is written (%s)", str(cache_root), problem, _UNWRITABLE_ADVICE)  # fmt: skip
     left = remove_dead_writers_files(folder, "*.pt")
-    if left:
-        logger.info("removed %s that killed runs left half-written in %s (%s)", plural(len(left), "cache file"), folder,
-                    REMOVED_BECAUSE)  # fmt: skip
+    claims = [p for p in left if CLAIM_NAME.match(p.name)]
+    if len(left) > len(claims):
+        logger.info("removed %s that killed runs left half-written in %s (%s)",
+                    plural(len(left) - len(claims), "cache file"), folder, REMOVED_BECAUSE)  # fmt: skip
+    if claims:
+        logger.info("removed %s of pre-processing that killed runs left in %s (%s)", plural(len(claims), "claim"),
+                    folder, REMOVED_BECAUSE)  # fmt: skip
     mmap = os.environ.get("MEDGMAE_CACHE_MMAP", "1").strip() != "0"  # see the module docstring
     return DiskCacheDataset(data, transform, folder, track_meta=track_meta, record=record, mmap=mmap)
