@@ -168,18 +168,32 @@ def _projector_why(geometry, request: str, chosen: str, device: torch.device) ->
     return f"ASTRA has no CPU cone beam; the sparse matrix, up to {need}, {fits} the {budget} budget"
 
 
-def _projectors(device: torch.device) -> dict[str, dict[str, str]]:
-    """``medgmae-recon reconstruct``'s and ``simulate``'s projector for each example scan on ``device``."""
+def _projectors(device: torch.device, geometries: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``medgmae-recon reconstruct``'s and ``simulate``'s projector for each of ``geometries`` (name: geometry) on
+    ``device``, keyed ``"<command> <name>"``."""
     from recon.projectors import describe_backend, resolve_backend, simulation_backend
 
     report = {}
-    for kind in EXAMPLE_VIEWS:
-        geometry = example_geometry(kind)
+    for name, geometry in geometries.items():
         for command, request in (("reconstruct", "auto"), ("simulate", simulation_backend(geometry, device))):
             chosen = resolve_backend(geometry, request, device)
-            report[f"{command} {kind}"] = {"chosen": chosen, "how": describe_backend(chosen, device),
+            report[f"{command} {name}"] = {"chosen": chosen, "how": describe_backend(chosen, device),
                                            "why": _projector_why(geometry, request, chosen, device)}  # fmt: skip
     return report
+
+
+def _scan(geometry_file: str | os.PathLike | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(the scans the projectors are chosen for, by name; what the report says of them)``: the example scans, or
+    the scan of ``geometry_file`` (a ``geometry.json``, read as ``medgmae-recon`` reads it; its errors name it)."""
+    if geometry_file is None:
+        scans = {kind: example_geometry(kind) for kind in EXAMPLE_VIEWS}
+        return scans, {"shape": list(EXAMPLE_SHAPE), "voxel_mm": 1.0, "views": dict(EXAMPLE_VIEWS)}
+    from recon.geometry import CTGeometry
+
+    geometry = CTGeometry.load(os.path.expanduser(os.fspath(geometry_file)))
+    said = {"file": os.fspath(geometry_file), "kind": geometry.kind, "shape": list(geometry.volume_shape),
+            "voxel_mm": [float(v) for v in geometry.voxel_size], "views": int(len(geometry.angles))}  # fmt: skip
+    return {"scan": geometry}, said
 
 
 def _disk(path: str | os.PathLike) -> dict[str, Any]:
@@ -191,22 +205,28 @@ def _disk(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": os.fspath(path), "measured": None if measured is None else os.fspath(measured), "free": free}
 
 
-def environment_report(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def environment_report(path: str | os.PathLike | None = None, geometry: str | os.PathLike | None = None) -> dict[str, Any]:
     """Everything ``medgmae-info`` reports, JSON-ready.
 
     Args:
         path: a folder whose free room is reported (``None``: none).
+        geometry: a scan's ``geometry.json`` whose projectors are reported (``None``: the example scans').
 
     Returns:
         ``{"toolkit", "python", "platform", "torch", "packages", "missing", "cpus", "memory", "gpus", "device",
-        "renderers": {"3d", "2d"}, "projectors": {"reconstruct parallel", ...}, "example_scan"}`` and ``"disk"``
-        with ``path``; each choice is ``{"chosen", "why"}`` (a projector's also ``"how"``).
+        "renderers": {"3d", "2d"}, "projectors": {"reconstruct parallel", ...}, "example_scan"}`` (with
+        ``geometry``: ``"projectors": {"reconstruct scan", "simulate scan"}`` and ``"scan"``) and ``"disk"`` with
+        ``path``; each choice is ``{"chosen", "why"}`` (a projector's also ``"how"``).
+
+    Raises:
+        ValueError: a ``geometry`` file that cannot be read as a geometry (the message names it).
     """
+    scans, said = _scan(geometry)  # the user's file first: its error before anything is probed
     report = {**_software(), **_host(), "gpus": _gpus(), "device": _device()}
     device = torch.device(report["device"]["chosen"])
     report["renderers"] = {"3d": _renderer_3d(device), "2d": _renderer_2d(device)}
-    report["projectors"] = _projectors(device)
-    report["example_scan"] = {"shape": list(EXAMPLE_SHAPE), "voxel_mm": 1.0, "views": dict(EXAMPLE_VIEWS)}
+    report["projectors"] = _projectors(device, scans)
+    report["example_scan" if geometry is None else "scan"] = said
     if path is not None:
         report["disk"] = _disk(path)
     return report

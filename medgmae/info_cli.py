@@ -8,8 +8,10 @@ limit (:mod:`medgmae.host_memory`), each GPU torch sees (name, memory, compute c
 ``--device auto`` resolves to, and per pipeline the backend its ``auto`` chooses here and why: the 3D and 2D
 renderers and ``medgmae-recon``'s projectors for an example scan (:mod:`medgmae.environment`, which asks each
 pipeline's own selection function). ``--json`` prints the same facts as one JSON object; ``--path DIR`` adds the
-free room of ``DIR``'s file system (the nearest existing folder above it where it does not exist yet). Nothing is
-built and no data read; flags are parsed before torch is imported. Exit status 0, or 2 on a bad flag.
+free room of ``DIR``'s file system (the nearest existing folder above it where it does not exist yet);
+``--geometry FILE`` chooses the projectors for that scan's ``geometry.json`` rather than the example scans. Nothing
+is built and no data read; flags are parsed before torch is imported. Exit status 0, or 2 on a bad flag or a
+geometry file that cannot be read (one line naming it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog=PROG, description="What the toolkit runs on here: software, CPUs, memory, GPUs, and "
                                                "the backend each pipeline's auto setting chooses, and why.")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
+    parser.add_argument("--geometry", default=None, metavar="FILE",
+                        help="choose the projectors for this scan's geometry.json (default: example scans)")
     parser.add_argument("--path", default=None, metavar="DIR",
                         help="also report the free room of DIR's file system (e.g. a run's output folder)")  # fmt: skip
     return parser
@@ -74,11 +78,17 @@ def _host_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
 def _backend_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The labelled lines of each pipeline's backend (``auto``) and why."""
     lines = [(f"{dims.upper()} renderer", f"{c['chosen']}: {c['why']}") for dims, c in r["renderers"].items()]
-    scan = r["example_scan"]
-    shape = "x".join(map(str, scan["shape"]))
-    views = ", ".join(f"{kind} {n}" for kind, n in scan["views"].items())
-    lines.append(("example scan", f"{shape} voxels of {scan['voxel_mm']:g} mm, views: {views} (the projectors "
-                                  "below depend on the scan)"))  # fmt: skip
+    if "scan" in r:
+        scan = r["scan"]
+        voxels = " x ".join(f"{v:g}" for v in scan["voxel_mm"])
+        lines.append(("scan", f"{scan['file']}: {scan['kind']} beam, {'x'.join(map(str, scan['shape']))} voxels "
+                              f"(z, y, x) of {voxels} mm, {scan['views']} views"))  # fmt: skip
+    else:
+        scan = r["example_scan"]
+        shape = "x".join(map(str, scan["shape"]))
+        views = ", ".join(f"{kind} {n}" for kind, n in scan["views"].items())
+        lines.append(("example scan", f"{shape} voxels of {scan['voxel_mm']:g} mm, views: {views} (the projectors "
+                                      "below depend on the scan: --geometry gives yours)"))  # fmt: skip
     lines += [(f"{name} projector", f"{c['chosen']} ({c['how']}): {c['why']}") for name, c in r["projectors"].items()]
     return lines
 
@@ -114,7 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medgmae.environment import environment_report
 
-    report = environment_report(args.path)
+    try:
+        report = environment_report(args.path, args.geometry)
+    except ValueError as e:  # a geometry file that cannot be read: its message names it
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
     return 0
 

@@ -139,6 +139,37 @@ def test_the_reported_projectors_are_the_ones_built(monkeypatch):
                               report["projectors"][f"simulate {kind}"]["chosen"]]  # fmt: skip
 
 
+def test_a_geometry_file_gets_the_projectors_built_for_its_scan(monkeypatch, capsys, tmp_path):
+    """``--geometry``: the projectors ``reconstruct`` and ``simulate`` build for that scan (a parallel scan ASTRA's 2D
+    projectors take, a cone scan whose sparse matrix is over the CPU budget), said in the text with the scan; a file
+    that is no geometry is refused in one line naming it, status 2."""
+    from recon.geometry import CTGeometry
+
+    built = []
+    for cls in ("AstraProjector", "RayMatrixProjector", "TorchProjector"):
+        name = getattr(projectors, cls).name
+        monkeypatch.setattr(projectors, cls, lambda geometry, name=name, **k: built.append(name))
+    scans = {"parallel": CTGeometry.parallel((40, 50, 60), (2.0, 0.7, 0.7), num_angles=90),
+             "cone": CTGeometry.cone((80, 256, 256), (2.0, 1.5, 1.5), num_angles=120)}  # fmt: skip
+    for kind, geometry in scans.items():
+        geometry.save(tmp_path / f"{kind}.json")
+        report = json.loads(_run(capsys, "--json", "--geometry", str(tmp_path / f"{kind}.json")))
+        assert report["scan"] == {"file": str(tmp_path / f"{kind}.json"), "kind": kind,
+                                  "shape": list(geometry.volume_shape), "voxel_mm": list(geometry.voxel_size),
+                                  "views": len(geometry.angles)}  # fmt: skip
+        assert sorted(report["projectors"]) == ["reconstruct scan", "simulate scan"] and "example_scan" not in report
+        make_projector(geometry, "auto", report["device"]["chosen"])
+        make_projector(geometry, simulation_backend(geometry, report["device"]["chosen"]), report["device"]["chosen"])
+        assert built[-2:] == [report["projectors"]["reconstruct scan"]["chosen"], report["projectors"]["simulate scan"]["chosen"]]
+        lines = _lines(_run(capsys, "--geometry", str(tmp_path / f"{kind}.json")))
+        assert lines["scan"].startswith(f"{tmp_path / f'{kind}.json'}: {kind} beam, ") and "example scan" not in lines
+    assert "is over the" in report["projectors"]["reconstruct scan"]["why"]  # the cone scan's matrix: 53 GiB
+    (tmp_path / "bad.json").write_text("{")
+    assert info_cli.main(["--geometry", str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err == f"medgmae-info: error: geometry file {tmp_path / 'bad.json'} is not valid JSON: " \
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)\n"
+
+
 def test_simulate_projects_cone_beam_on_the_cpu_with_the_ray_marcher(monkeypatch):
     cone, parallel = example_geometry("cone"), example_geometry("parallel")
     assert simulation_backend(cone, "cpu") == "torch" and simulation_backend(parallel, "cpu") == "auto"
