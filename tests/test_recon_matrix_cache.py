@@ -313,3 +313,43 @@ def test_a_matrix_that_cannot_be_saved_leaves_the_run_going(scan, tmp_path, monk
     assert note.startswith("the matrix was not saved, later runs build it again: ") and "No space left" in note
     assert (built.a != RayMatrixProjector(geom).a).nnz == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_started_together_on_a_matrix_dir_build_the_matrix_once(scan, tmp_path, monkeypatch):
+    """Two runs (here two threads, each holding its own claim as a process would) that find no matrix in the shared
+    folder at once: one builds and saves it, the other waits for its file and reads it (both built each before);
+    each gets the matrix a fresh build gives, and no claim is left."""
+    import threading
+    import time
+
+    import recon.projectors.matrix_cache as matrix_cache
+
+    geometry = CTGeometry.load(scan / "geometry.json")
+    fresh = RayMatrixProjector(geometry).a
+    built = []
+
+    class Slow(RayMatrixProjector):
+        def __init__(self, geometry, step=0.5, dtype=torch.float32, matrix=None):
+            if matrix is None:
+                built.append(threading.current_thread().name)
+                time.sleep(1.0)  # long enough for the other run to find the claim
+            super().__init__(geometry, step, dtype, matrix=matrix)
+
+    monkeypatch.setattr(matrix_cache, "RayMatrixProjector", Slow)
+    shared, results = tmp_path / "matrices", {}
+
+    def run(name: str) -> None:
+        results[name] = cached_matrix_projector(geometry, shared, shared=True)
+
+    threads = [threading.Thread(target=run, args=(n,), name=n) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=60)
+    assert built == ["a"]
+    notes = [note for _, note in results.values()]
+    assert any("saved the matrix in" in n for n in notes) and any("by another run meanwhile" in n for n in notes), notes
+    for projector, _ in results.values():
+        assert (projector.a != fresh).nnz == 0 and projector.a.shape == fresh.shape
+    assert [p.name for p in shared.iterdir()] == _shared_files(shared)  # the matrix alone: no claim left
