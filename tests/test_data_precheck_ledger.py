@@ -143,33 +143,3 @@ def test_precheck_ledger_keeps_the_passing_files_when_one_fails(tmp_path, monkey
     reads.clear()
     check_datalist(items, ledger_dir=tmp_path / "cache")
     assert reads == []
-
-
-@pytest.mark.parametrize("first_run", [True, False])  # the cache folder still to be made, or there already
-def test_jobs_started_together_check_each_file_once(tmp_path, monkeypatch, first_run):
-    """Two jobs (here threads, each claiming as a process would) checking the same files into one cache at once:
-    the first checks them, the second waits for its ledger and reads none (both read every file before)."""
-    import threading
-    import time
-
-    items = [{"image": nifti_file(tmp_path / f"v{i}.nii.gz", _varied((8, 8, 8), i))} for i in range(3)]
-    if not first_run:
-        (tmp_path / "cache").mkdir()
-    reads = []
-    real = precheck_mod.read_volume
-
-    def slow(p, **k):
-        reads.append((threading.current_thread().name, Path(p).name))
-        time.sleep(0.3)  # long enough for the other job to find the claim
-        return real(p, **k)
-
-    monkeypatch.setattr(precheck_mod, "read_volume", slow)
-    threads = [threading.Thread(target=check_datalist, args=(items,), kwargs={"ledger_dir": tmp_path / "cache"}, name=n)
-               for n in ("a", "b")]  # fmt: skip
-    for t in threads:
-        t.start()
-        time.sleep(0.1)
-    for t in threads:
-        t.join(timeout=60)
-    assert sorted(reads) == [("a", "v0.nii.gz"), ("a", "v1.nii.gz"), ("a", "v2.nii.gz")]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["precheck.json"]  # no claim left

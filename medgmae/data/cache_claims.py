@@ -86,14 +86,13 @@ def claim_path(target: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def claimed(target: str | os.PathLike, unusable: os.stat_result | None = None, work: str = "pre-processing") -> Iterator[bool]:
+def claimed(target: str | os.PathLike, unusable: os.stat_result | None = None) -> Iterator[bool]:
     """Claim the building of ``target`` (see the module): wait while another live process builds it.
 
     Args:
         target: the file to be built (its folder must exist for a claim to be made).
         unusable: the status of a ``target`` that exists but cannot be used (to be built again), so that only
             another file there counts as built; ``None`` when there is none.
-        work: what the claimant does, for the line saying this process waits for it.
 
     Yields:
         ``True`` when this process is to build ``target`` (it holds the claim until the block ends, or holds none
@@ -101,7 +100,7 @@ def claimed(target: str | os.PathLike, unusable: os.stat_result | None = None, w
     """
     target = Path(target)
     marker = claim_path(target)
-    token = _claim_or_wait(target, marker, unusable, work)
+    token = _claim_or_wait(target, marker, unusable)
     if token is None:
         yield False
         return
@@ -123,7 +122,7 @@ def _built(target: Path, unusable: os.stat_result | None) -> bool:
     return not same
 
 
-def _claim_or_wait(target: Path, marker: Path, unusable: os.stat_result | None, work: str) -> str | None:
+def _claim_or_wait(target: Path, marker: Path, unusable: os.stat_result | None) -> str | None:
     """This process's token once it holds the claim of ``target`` (:data:`_UNCLAIMED` where none can be made), or
     ``None`` once another process has written ``target``."""
     waiting_since, pause = time.monotonic(), POLL_SECONDS[0]
@@ -138,11 +137,11 @@ def _claim_or_wait(target: Path, marker: Path, unusable: os.stat_result | None, 
             return None
         writer = claim_writer(marker)
         if _abandoned(marker, writer, time.monotonic() - waiting_since):
-            _say_once("took over", target.parent, writer, work)
+            _say_once("took over", target.parent, writer)
             if not _remove_if_unchanged(marker, writer):  # not ours to remove (another user's folder)
                 return _UNCLAIMED
             continue
-        _say_once("waiting", target.parent, writer, work)
+        _say_once("waiting", target.parent, writer)
         time.sleep(pause)
         pause = min(pause * 1.5, POLL_SECONDS[1])
 
@@ -224,21 +223,19 @@ def _remove_if_unchanged(marker: Path, writer: dict | None) -> bool:
     return True
 
 
-def _say_once(what: str, folder: Path, writer: dict | None, work: str = "pre-processing") -> None:
-    """Say, once per process, folder and ``work``, that this process waits for another's ``work`` or takes over
-    an abandoned claim."""
-    if (what, str(folder), work) in _SAID:
+def _say_once(what: str, folder: Path, writer: dict | None) -> None:
+    """Say, once per process and cache folder, that this process waits for another's pre-processing or takes
+    over an abandoned claim."""
+    if (what, str(folder)) in _SAID:
         return
-    _SAID.add((what, str(folder), work))
+    _SAID.add((what, str(folder)))
     who = f"process {writer['pid']} on {writer['host']}" if writer else "another process"
     if what == "waiting":
-        each = "each volume is pre-processed once" if work == "pre-processing" else f"the {work} is done once"
-        logger.info("waiting for another process's %s in the cache folder %s (%s, e.g.): %s by the jobs sharing it",
-                    work, folder, who, each)  # fmt: skip
+        logger.info("waiting for another process's pre-processing in the cache folder %s (%s, e.g.): each volume is "
+                    "pre-processed once by the jobs sharing it", folder, who)  # fmt: skip
     else:
-        doing = "pre-processing volumes" if work == "pre-processing" else f"doing the {work}"
-        logger.info("%s in the cache folder %s that a process no longer running or a claim over %.0f minutes old had "
-                    "claimed (%s, e.g.)", doing, folder, CLAIM_SECONDS / 60, who)  # fmt: skip
+        logger.info("pre-processing volumes in the cache folder %s that a process no longer running or a claim "
+                    "over %.0f minutes old had claimed (%s, e.g.)", folder, CLAIM_SECONDS / 60, who)  # fmt: skip
 
 
 def _guard_sigterm() -> None:

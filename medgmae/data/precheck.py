@@ -22,10 +22,8 @@ once its checkpoint has accepted the run and its data passed (``pending_ledger``
 or its data, leaves its folder as it was, and its passes are read again next time). Runs on
 other data sharing the cache with the same check settings keep each other's passes in it (those of files since
 changed or removed are dropped); runs with other settings, fine-tuning's beside pre-training's, keep a record each
-(up to :data:`~medgmae.data.precheck_ledger.OTHER_RECORDS` besides the current one). Jobs started together on one
-cache check one at a time (:func:`~medgmae.data.precheck_ledger.ledger_claim`): the first checks its files, the
-others wait for its ledger and then read only the files it did not pass (one whose check is refused before its
-ledger is written leaves the next to check them all). A long check logs a line a minute
+(up to :data:`OTHER_RECORDS` besides the current one); two runs ending their checks at the same moment may lose the
+passes of the first, which then reads its files again. A long check logs a line a minute
 (``pre-check of X: 120/5000 items, 1.0 min, about 40.6 min left``).
 Under torch.distributed rank 0 checks and the verdict is broadcast, so a cluster job decodes each file once, not
 once per process.
@@ -50,10 +48,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from medgmae.data.datalist import DatasetError, load_datalist_json
+from medgmae.data.fingerprint import file_fingerprint
 from medgmae.data.grid import GRID_TOLERANCE, grid_fix_once, label_grid_problem
 from medgmae.data.phantom.writer import regeneration_note
-from medgmae.data.precheck_ledger import LEDGER_FILE, ledger_claim, load_ledger, other_records, still_true
-from medgmae.data.precheck_ledger import fingerprint as _fingerprint
 from medgmae.data.reader import read_volume
 from medgmae.distributed import main_process_only
 from medgmae.files import save_json_atomic
@@ -66,6 +63,9 @@ from medgmae.whole_numbers import nonnegative_count
 __all__ = ["check_datalist", "check_item", "single_slice_problem", "LEDGER_FILE"]
 
 logger = logging.getLogger("medgmae.data")
+
+#: Name of the record of checked files (inside the cache folder).
+LEDGER_FILE = "precheck.json"
 
 
 def single_slice_problem(path: Any, shape: Sequence[int]) -> str:
@@ -84,6 +84,18 @@ def blank_image_problem(path: Any, array: np.ndarray) -> str:
     if array.size == 0 or array.min() != array.max():
         return ""
     return f"{path}: every voxel is {float(array.flat[0]):g}, an empty or blanked volume: nothing to learn from or to segment"
+
+
+def _fingerprint(item: dict, keys: Sequence[str]) -> list:
+    """``[path, size, mtime_ns]`` of each file (or folder) of ``item`` (:func:`~medgmae.data.fingerprint.
+    file_fingerprint`; ``None`` for a missing one)."""
+    return [[str(Path(item[key])), *(file_fingerprint(item[key]) or (None, None))] for key in keys if key in item]
+
+
+def _still_true(fingerprint: list) -> bool:
+    """Whether every file of a ledger entry (:func:`_fingerprint`) is still there with its recorded size and time:
+    an entry of a file since changed or removed is not kept (the ledger would grow with every edit)."""
+    return all([*(file_fingerprint(path) or (None, None))] == [size, mtime] for path, size, mtime in fingerprint)
 
 
 #: How many files a grouped problem line names before saying how many more.
@@ -225,6 +237,51 @@ def _check_one(args: tuple) -> list[str]:
     return check_item(item, **kwargs)
 
 
+def _ledger_records(path: Path | None) -> list[dict]:
+    """The ledger's records, one per set of check settings (``{"settings": ..., "passed": [...]}``): a fine-tuning
+    run (labels checked) and a pre-training run (images only) sharing one cache folder each keep theirs. A ledger
+    of the earlier one-record form is that one record; an unreadable one, or one of another shape, is none, and
+    entries not of the form :func:`_fingerprint` writes are left out."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        ledger = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    records = (ledger.get("records", [ledger]) if isinstance(ledger, dict) else None) or []
+    records = records if isinstance(records, list) else []
+    return [{"settings": r["settings"], "passed": [fp for fp in r["passed"] if _well_formed(fp)]} for r in records
+            if isinstance(r, dict) and isinstance(r.get("settings"), dict) and isinstance(r.get("passed"), list)]  # fmt: skip
+
+
+def _well_formed(fingerprint: Any) -> bool:
+    """Whether a ledger entry is a list of ``[path, size, mtime_ns]`` as :func:`_fingerprint` writes them."""
+    return isinstance(fingerprint, list) and all(
+        isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) for f in fingerprint
+    )
+
+
+def _load_ledger(path: Path | None, settings: dict) -> set:
+    """The fingerprints that passed the check under ``settings``."""
+    record = next((r for r in _ledger_records(path) if r["settings"] == settings), {})
+    return {json.dumps(f) for f in record.get("passed", [])}
+
+
+#: Records of other check settings a ledger keeps besides the current run's (the most recently written ones).
+OTHER_RECORDS = 4
+
+
+def _other_records(path: Path, settings: dict) -> list[dict]:
+    """The records a rewrite keeps besides ``settings``' own: those of other settings checked by this version
+    (the same ``checks`` and grid tolerance; an older version's never match again) holding any pass, at most
+    :data:`OTHER_RECORDS`, as they are (their entries of files since changed never match, so they are not stat'ed
+    again here: on a network file system that is seconds per thousand files)."""
+    same_version = {k: settings[k] for k in ("checks", "grid_tolerance")}
+    kept = [r for r in _ledger_records(path) if r["settings"] != settings and r["passed"]
+            and all(r["settings"].get(k) == v for k, v in same_version.items())]  # fmt: skip
+    return kept[-OTHER_RECORDS:]
+
+
 def _counted(results: Iterable[list[str]], lines: ProgressLines) -> list[list[str]]:
     """``results`` as a list, as they come in, with a progress line a minute (no bar shows the pre-check)."""
     done: list[list[str]] = []
@@ -240,15 +297,7 @@ def _run_checks(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path 
     # the grid tolerance is part of what a pass means: a ledger written under another one re-checks every file
     # (the spec only adds warnings: a file that passed under one passed under any)
     settings = {**{k: v for k, v in kwargs.items() if k != "spec"}, "grid_tolerance": GRID_TOLERANCE, "checks": 3}
-    existed = ledger is not None and ledger.parent.is_dir()  # before the claim's folder is made
-    with ledger_claim(ledger):  # jobs started together: one checks, the others read its ledger, then check the rest
-        return _checked(items, kwargs, workers, ledger, source, pending, keys, settings, existed)
-
-
-def _checked(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | None, source: str,
-             pending: list[Callable[[], None]] | None, keys: list, settings: dict, existed: bool) -> list[str]:
-    """:func:`_run_checks`' work: the files not in the ledger checked, the passes recorded."""
-    known = load_ledger(ledger, settings)
+    known = _load_ledger(ledger, settings)
     prints = [_fingerprint(it, keys) for it in items]
     todo = [i for i, fp in enumerate(prints) if json.dumps(fp) not in known]
     logger.info("pre-check of %s: reading %d of %d items (%d checked before)%s", source or "the datalist",
@@ -263,14 +312,14 @@ def _checked(items: Sequence[dict], kwargs: dict, workers: int, ledger: Path | N
     problems = list(dict.fromkeys(p for r in results for p in r))  # a case in two lists is one problem, named once
     # some files passed now: remember them, failures or not; after a failure only in a folder there already (a
     # first run's data error leaves no output folder behind, so its retry reads every file again)
-    if ledger is not None and any(not r for r in results) and (not problems or existed):
+    if ledger is not None and any(not r for r in results) and (not problems or ledger.parent.is_dir()):
         failed = {i for i, r in zip(todo, results) if r}
         passed = [fp for i, fp in enumerate(prints) if i not in failed]
         # the passes of other data checked into this cache (runs sharing one --cache_dir) are kept: each names its
         # file by path, size and time, so it stays true whatever this run checks
         mine, paths = {json.dumps(fp) for fp in prints}, {f[0] for fp in prints for f in fp}
-        passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and still_true(fp)]
-        records = {"records": [*other_records(ledger, settings), {"settings": settings, "passed": passed}]}
+        passed += [fp for fp in map(json.loads, sorted(known - mine)) if not {f[0] for f in fp} & paths and _still_true(fp)]
+        records = {"records": [*_other_records(ledger, settings), {"settings": settings, "passed": passed}]}
         if pending is None:
             save_json_atomic(records, ledger)
         else:  # written by the caller once the run can no longer be refused
