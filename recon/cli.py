@@ -297,8 +297,8 @@ def _add_reconstruct(sub) -> None:
                    help="folder shared by runs for the matrix backend's matrix (cone beam on the CPU), read from and "
                         "saved to DIR/projector_matrix-<16 hex digits of its key>.pt, so that the runs of select's "
                         "candidates, or of several scans, build each scan's matrix once (default: OUT/projector_matrix.pt, "
-                        "the run's own); written atomically (runs that start at once build it once: the others wait "
-                        "for its file) and never removed")
+                        "the run's own); written atomically (runs that build at once each build it, the last one's "
+                        "file stays) and never removed")
     r.add_argument("--filter", default="hann", choices=FILTERS, help="filter for the FBP when --fbp is absent")
     r.add_argument("--seed", type=nonneg_int, default=0, help="seed of the initialisation and of the views drawn")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")

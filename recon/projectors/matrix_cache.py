@@ -12,8 +12,8 @@ used: a note says so, the matrix is built and the file replaced.
 A folder shared by runs (``reconstruct --matrix-dir``: the candidates of ``select``, or several scans) holds each
 matrix under a name with the key's first 16 hex digits (:data:`SHARED_MATRIX_FILE`), so the matrices of several scans
 lie side by side. Its files are only read and replaced, never removed. A reader sees a whole file or none (the write
-renames a finished temporary file); runs that find no file at once build it once: the first claims the build and
-the others wait for its file (:mod:`medgmae.data.cache_claims`, as the training cache's items are built once). A run killed while writing leaves its temporary file, named
+renames a finished temporary file); two runs that find no file and build at once both build, and the second
+rename replaces the first's file with an equal one. A run killed while writing leaves its temporary file, named
 after its host and process: each run removes those of processes no longer running on its host, and those unchanged
 for a day whoever wrote them (a container's run: :func:`medgmae.temp_names.remove_dead_writers_files`), never one
 another run may still be writing.
@@ -29,7 +29,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from medgmae.data.cache_claims import claimed
 from medgmae.words import byte_size
 from medgmae.write_failures import OutputWriteError
 from recon.geometry import CTGeometry
@@ -118,49 +117,18 @@ def cached_matrix_projector(
     path = matrix_path(folder, key, shared)
     shape = (geometry.num_views * geometry.det_shape[0] * geometry.det_shape[1], int(np.prod(geometry.volume_shape)))
     removed = _remove_killed_writes(folder) if shared else ""
-    why, unusable = "", None
+    why = ""
     if path.is_file():
         matrix, why = _read(path, key, shape, dtype)
         if matrix is not None:
             return (RayMatrixProjector(geometry, step, dtype, matrix=matrix),
                     f"{removed}read the matrix from {path} (built for this scan)")
-        unusable = _status(path)
-    if not shared:
-        return _build_and_save(geometry, step, dtype, folder, shared, f"{path} not used: {why}; " if why else "")
-    made = not Path(folder).exists()
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)  # the claim lies in the folder
-    except OSError:  # no claim can be made: built unclaimed, and its save says why it fails
-        pass
-    try:  # runs started together: one builds, the others wait for its file (medgmae.data.cache_claims)
-        with claimed(path, unusable) as build:
-            if not build:
-                matrix, why = _read(path, key, shape, dtype)
-                if matrix is not None:
-                    return (RayMatrixProjector(geometry, step, dtype, matrix=matrix),
-                            f"{removed}read the matrix from {path} (built for this scan by another run meanwhile)")
-            return _build_and_save(geometry, step, dtype, folder, shared, removed + (f"{path} not used: {why}; " if why else ""))
-    finally:
-        if made and Path(folder).is_dir() and not any(Path(folder).iterdir()):  # made for a claim, left empty
-            Path(folder).rmdir()
-
-
-def _status(path: Path):
-    """``path``'s status, or ``None`` where it is gone."""
-    try:
-        return path.stat()
-    except OSError:
-        return None
-
-
-def _build_and_save(geometry: CTGeometry, step: float, dtype: torch.dtype, folder: str | Path, shared: bool, said: str):
-    """Build the matrix projector and save its matrix (a cache: a failed save is said, the run goes on)."""
     projector = RayMatrixProjector(geometry, step, dtype)
     try:
         note = save_matrix(projector, folder, shared)
     except OutputWriteError as e:  # a cache: the run goes on with the matrix it built
         note = f"the matrix was not saved, later runs build it again: {e.said}"
-    return projector, said + note
+    return projector, removed + (f"{path} not used: {why}; " if why else "") + note
 
 
 def _remove_killed_writes(folder: str | Path) -> str:
