@@ -187,7 +187,7 @@ def _scan(geometry_file: str | os.PathLike | None) -> tuple[dict[str, Any], dict
     the scan of ``geometry_file`` (a ``geometry.json``, read as ``medgmae-recon`` reads it; its errors name it)."""
     if geometry_file is None:
         scans = {kind: example_geometry(kind) for kind in EXAMPLE_VIEWS}
-        return scans, {"shape": list(EXAMPLE_SHAPE), "voxel_mm": 1.0, "views": dict(EXAMPLE_VIEWS)}
+        return scans, {"shape": list(EXAMPLE_SHAPE), "voxel_mm": [1.0, 1.0, 1.0], "views": dict(EXAMPLE_VIEWS)}
     from recon.geometry import CTGeometry
 
     geometry = CTGeometry.load(os.path.expanduser(os.fspath(geometry_file)))

@@ -21,6 +21,8 @@ import json
 import sys
 from typing import Any, Sequence
 
+from medgmae.words import plural
+
 __all__ = ["PROG", "build_parser", "report_text", "main"]
 
 PROG = "medgmae-info"
@@ -82,12 +84,13 @@ def _backend_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
         scan = r["scan"]
         voxels = " x ".join(f"{v:g}" for v in scan["voxel_mm"])
         lines.append(("scan", f"{scan['file']}: {scan['kind']} beam, {'x'.join(map(str, scan['shape']))} voxels "
-                              f"(z, y, x) of {voxels} mm, {scan['views']} views"))  # fmt: skip
+                              f"(z, y, x) of {voxels} mm, {plural(scan['views'], 'view')}"))  # fmt: skip
     else:
         scan = r["example_scan"]
         shape = "x".join(map(str, scan["shape"]))
         views = ", ".join(f"{kind} {n}" for kind, n in scan["views"].items())
-        lines.append(("example scan", f"{shape} voxels of {scan['voxel_mm']:g} mm, views: {views} (the projectors "
+        voxels = " x ".join(f"{v:g}" for v in scan["voxel_mm"])
+        lines.append(("example scan", f"{shape} voxels of {voxels} mm, views: {views} (the projectors "
                                       "below depend on the scan: --geometry gives yours)"))  # fmt: skip
     lines += [(f"{name} projector", f"{c['chosen']} ({c['how']}): {c['why']}") for name, c in r["projectors"].items()]
     return lines
@@ -126,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         report = environment_report(args.path, args.geometry)
-    except ValueError as e:  # a geometry file that cannot be read: its message names it
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # a geometry file that cannot be read or is none: the message names it
+        from medgmae.files import os_error_message
+
+        said = (os_error_message(e) or f"geometry file {args.geometry}: {e}") if isinstance(e, OSError) else str(e)
+        print(f"{PROG}: error: {said}", file=sys.stderr)
         return 2
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from pathlib import Path
 import shutil
 import sys
 import types
@@ -168,6 +169,17 @@ def test_a_geometry_file_gets_the_projectors_built_for_its_scan(monkeypatch, cap
     assert info_cli.main(["--geometry", str(tmp_path / "bad.json")]) == 2
     assert capsys.readouterr().err == f"medgmae-info: error: geometry file {tmp_path / 'bad.json'} is not valid JSON: " \
         "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)\n"
+    real = Path.read_text  # a file that cannot be read (permission refused): one line too, not a traceback
+
+    def refused(self, *args, **kwargs):
+        if self.name == "parallel.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    assert info_cli.main(["--geometry", str(tmp_path / "parallel.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medgmae-info: error: ") and str(tmp_path / "parallel.json") in err and err.count("\n") == 1
 
 
 def test_simulate_projects_cone_beam_on_the_cpu_with_the_ray_marcher(monkeypatch):
