@@ -63,11 +63,19 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as PyTorch's worker-count warning counts them; the machine's
+    CPUs where the affinity cannot be read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def loader_workers(at_most: int = 4) -> int:
-    """Data-loader workers for one process: the CPUs this process may use (as PyTorch's worker-count warning counts
-    them) shared among the node's torchrun processes (``LOCAL_WORLD_SIZE``), at least 1 and at most ``at_most``."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(int(at_most), max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))))
+    """Data-loader workers for one process: the CPUs this process may use (:func:`usable_cpus`) shared among the
+    node's torchrun processes (``LOCAL_WORLD_SIZE``), at least 1 and at most ``at_most``."""
+    return min(int(at_most), max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))))
 
 
 def barrier() -> None:

@@ -42,9 +42,10 @@ OPTIONAL = {
 
 
 def optional_installed(distribution: str) -> bool:
-    """Whether the optional package ``distribution`` (a key of :data:`OPTIONAL`) can be imported: found by
-    ``importlib.util.find_spec`` (as gsplat is looked for before its use), astra-toolbox imported by
-    :func:`recon.projectors.astra_proj.astra_installed` (the projectors' own check).
+    """Whether the optional package ``distribution`` (a key of :data:`OPTIONAL`) can be imported, by its pipeline's
+    own check where it has one (:func:`medgmae.render.triton_installed`,
+    :func:`recon.projectors.astra_proj.astra_installed`), else found by ``importlib.util.find_spec`` (as gsplat is
+    looked for before its use).
 
     Raises:
         ValueError: a package that is not one of :data:`OPTIONAL`.
@@ -55,6 +56,10 @@ def optional_installed(distribution: str) -> bool:
         from recon.projectors.astra_proj import astra_installed
 
         return astra_installed()
+    if distribution == "triton":
+        from medgmae.render import triton_installed
+
+        return triton_installed()
     try:
         return importlib.util.find_spec(OPTIONAL[distribution][0]) is not None
     except (ImportError, ValueError):  # a module set to None in sys.modules, a broken parent package
@@ -78,12 +83,11 @@ def _software() -> dict[str, Any]:
 
 
 def _host() -> dict[str, Any]:
-    """The CPUs (all, and those this process may run on) and the host's memory and this process's limit."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        usable = None
-    return {"cpus": {"count": os.cpu_count(), "usable": usable},
+    """The CPUs (all, and those this process may run on: what the bundles' loader workers are counted from) and the
+    host's memory and this process's limit."""
+    from medgmae.distributed import usable_cpus
+
+    return {"cpus": {"count": os.cpu_count(), "usable": usable_cpus()},
             "memory": {"physical": physical_memory(), "limit": memory_limit()}}  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def _software_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
 def _host_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The labelled lines of the CPUs, the memory, the GPUs and ``--device auto``."""
     cpus, memory = r["cpus"], r["memory"]
-    usable = "" if cpus["usable"] is None else f" ({cpus['usable']} usable by this process)"
+    usable = f" ({cpus['usable']} usable by this process)"
     lines = [("CPUs", f"{cpus['count']}{usable}"),
              ("host memory", f"{_size(memory['physical'], True)}, this process's limit {_size(memory['limit'], True)}")]  # fmt: skip
     if not r["gpus"]:
