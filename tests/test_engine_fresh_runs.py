@@ -138,19 +138,24 @@ def test_a_fresh_run_stopped_after_its_first_save_leaves_nothing_of_the_earlier_
     assert "checkpoint_epoch=3.pt, checkpoint_final.pt" in line
 
 
+def _advice_when_stopped(trainer, at) -> str | None:
+    """Run ``trainer`` with Ctrl-C at the event ``at``: the stop's resume advice."""
+
+    def _ctrl_c(engine):
+        raise KeyboardInterrupt
+
+    trainer.add_event_handler(at, _ctrl_c)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.run()
+    return stopped.value.resume_advice
+
+
 def test_ctrl_c_before_a_fresh_runs_first_save_in_a_used_folder_keeps_the_earlier_run(tmp_path):
     """Ctrl-C in the first epoch of a fresh run in a finished run's folder: the advice says that nothing of the
     earlier run was removed and that --resume true would continue that run (not this one)."""
     make_trainer(tmp_path, 2, resume=False)[0].run()
     trainer, _ = make_trainer(tmp_path, 2, resume=False)
-
-    @trainer.on(Events.ITERATION_COMPLETED(once=1))
-    def _stop(engine):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        trainer.run()
-    assert stopped.value.resume_advice == (
+    assert _advice_when_stopped(trainer, Events.ITERATION_COMPLETED(once=1)) == (
         f"interrupted before the first epoch finished: it saved no checkpoint_epoch=N.pt and removed nothing of the "
         f"earlier run in {tmp_path}; run the same command again to start over (with --resume true it would continue "
         "the earlier run instead)")
@@ -173,13 +178,8 @@ def test_a_stop_after_epochs_before_a_fresh_runs_first_checkpoint_says_so_and_na
         (tmp_path / "best_model.pt").write_bytes(b"this run")
         (tmp_path / "pictures" / "epoch_0001.png").write_bytes(b"this run")
 
-    @trainer.on(Events.ITERATION_COMPLETED(once=7))
-    def _stop(engine):  # in epoch 3, before its end and checkpoint
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        trainer.run()
-    assert stopped.value.resume_advice == (
+    # in epoch 3, before its end and checkpoint
+    assert _advice_when_stopped(trainer, Events.ITERATION_COMPLETED(once=7)) == (
         f"interrupted before its first checkpoint, at the end of epoch 3: it saved no checkpoint_epoch=N.pt and "
         f"removed nothing of the earlier run in {tmp_path}; this run has written best_model.pt, "
         "pictures/epoch_0001.png there; run the same command again to start over (with --resume true it would "
@@ -190,13 +190,6 @@ def test_ctrl_c_in_a_later_stage_before_its_first_save_advises_resuming_past_the
     """GViT's classifier phase stopped in its first epoch: no checkpoint in its own folder, but the warm-up is
     finished; "with or without --resume true" would have started over and replaced the warm-up's checkpoints."""
     trainer, _ = make_trainer(tmp_path / "classifier", 2, resume=False, later_stage=True)
-
-    @trainer.on(Events.ITERATION_COMPLETED(once=1))
-    def _stop(engine):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        trainer.run()
-    advice = stopped.value.resume_advice
+    advice = _advice_when_stopped(trainer, Events.ITERATION_COMPLETED(once=1))
     assert advice.startswith(f"interrupted before this stage saved a checkpoint (none in {tmp_path / 'classifier'}): "
                              "run the same command with --resume true") and "with or without" not in advice
