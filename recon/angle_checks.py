@@ -2,10 +2,12 @@
 degrees, and questioned in a warning when they only may be.
 
 Angles that go round over twice as radians (past 720 degrees, no circular scan's arc) yet are all within 360 (plus a
-step) in magnitude and multiples of 0.01 (as degrees are written: 0, 0.5, 1.2...) *may* be degrees; a scan in
-radians saved to two decimals looks the same, so such angles only get a warning (:func:`degrees_question`). They
-are refused (:func:`check_radians`) when they clearly are degrees: their span plus one step (or their span) is a
-half or a full turn in degrees, 180 or 360, or they go round over 10 times as radians while within 360.
+step) in magnitude and multiples of 0.01 (as degrees are written: 0, 0.5, 1.2...; within float32's rounding, as a
+scanner's log stores them) *may* be degrees; a scan in radians saved to two decimals looks the same, so such angles
+only get a warning (:func:`degrees_question`). They are refused (:func:`check_radians`) when they clearly are
+degrees: going round over twice as radians while within 360, over at least :data:`MIN_VIEWS_RADIANS` views, with a
+span plus one step (or a span) of a half or a full turn in degrees, 180 or 360, whatever their decimals (a start at
+0.123 degrees, steps of 360 / 71); or, multiples of 0.01, going round over 10 times as radians.
 
 The other way round (:func:`check_degrees`, for RTK's ``GantryAngle``, which is in degrees): angles within a turn
 in radians whose span plus one step (or span) is a half or a full turn in radians, pi or 2 pi, over at least
@@ -23,6 +25,10 @@ __all__ = ["check_degrees", "check_directions", "check_radians", "degrees_questi
 #: Turns (as radians) past which angles that may be degrees are taken to be degrees.
 DEGREE_TURNS = 10
 
+#: The fewest views whose span of a half or full turn, in the other unit, is taken for that unit (a few views may
+#: span anything).
+MIN_VIEWS_RADIANS = 8
+
 #: Relative tolerance of a span (plus one step) of 180 or 360, or of an arc_deg of a turn in radians (geometry_fields).
 TURN_RTOL = 0.01
 
@@ -34,24 +40,40 @@ def _span_step(angles) -> tuple[np.ndarray, float, float]:
     return a, span, span / max(1, a.size - 1)
 
 
-def looks_like_degrees(angles) -> bool:
-    """Whether ``angles`` may be degrees: read as radians they go round over twice, yet each is within 360 (plus a
-    step) in magnitude and a multiple of 0.01."""
+def _hundredths(a: np.ndarray) -> bool:
+    """Whether every angle is a multiple of 0.01, within float32's rounding of the largest (degrees a scanner's log
+    stored as float32: ``float32(5.37)`` is 5.369999886)."""
+    tolerance = max(1e-6, 100 * float(np.abs(a).max()) * float(np.finfo(np.float32).eps))
+    hundredths = a * 100
+    return bool(np.allclose(hundredths, np.round(hundredths), rtol=0.0, atol=tolerance))
+
+
+def _round_twice_within_360(angles) -> tuple[np.ndarray, float, float] | None:
+    """The angles, span and step (:func:`_span_step`) when, read as radians, they go round over twice, yet each is
+    within 360 (plus a step) in magnitude; else ``None``."""
     a, span, step = _span_step(angles)
     if a.size < 2 or span <= 4 * math.pi or np.abs(a).max() > 360 + step:
-        return False
-    hundredths = a * 100
-    return bool(np.allclose(hundredths, np.round(hundredths), rtol=0.0, atol=1e-6))
+        return None
+    return a, span, step
+
+
+def looks_like_degrees(angles) -> bool:
+    """Whether ``angles`` may be degrees: read as radians they go round over twice, yet each is within 360 (plus a
+    step) in magnitude and a multiple of 0.01 (:func:`_hundredths`)."""
+    found = _round_twice_within_360(angles)
+    return found is not None and _hundredths(found[0])
 
 
 def clearly_degrees(angles) -> bool:
-    """Whether ``angles`` :func:`look like degrees <looks_like_degrees>` and their span plus one step (or their
-    span) is 180 or 360, or they go round over :data:`DEGREE_TURNS` times as radians."""
-    if not looks_like_degrees(angles):
+    """Whether ``angles`` go round over twice as radians while within 360 (plus a step) and, over at least
+    :data:`MIN_VIEWS_RADIANS` views, their span plus one step (or their span) is 180 or 360, or, :func:`looking
+    like degrees <looks_like_degrees>`, they go round over :data:`DEGREE_TURNS` times as radians."""
+    found = _round_twice_within_360(angles)
+    if found is None:
         return False
-    _, span, step = _span_step(angles)
+    a, span, step = found
     half_or_full = any(abs(s - t) <= TURN_RTOL * t for t in (180.0, 360.0) for s in (span, span + step))
-    return half_or_full or span > DEGREE_TURNS * 2 * math.pi
+    return (half_or_full and a.size >= MIN_VIEWS_RADIANS) or (span > DEGREE_TURNS * 2 * math.pi and _hundredths(a))
 
 
 def check_radians(angles) -> None:
@@ -62,10 +84,6 @@ def check_radians(angles) -> None:
     raise ValueError(f"angles run from {a.min():.4g} to {a.max():.4g} ({a.size} views): as radians, which angles are, "
                      f"that is {span / (2 * math.pi):.0f} turns; they look like degrees: give them in radians "
                      "(numpy.deg2rad(angles))")  # fmt: skip
-
-
-#: The fewest views whose span of pi or 2 pi "degrees" is taken for radians (a few views may span anything).
-MIN_VIEWS_RADIANS = 8
 
 
 def check_degrees(degrees, field: str = "GantryAngle") -> None:

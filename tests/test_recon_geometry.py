@@ -195,12 +195,35 @@ def test_angles_that_clearly_are_degrees_are_refused(angles):
 
 
 def test_angles_near_but_not_on_hundredths_pass():
-    """Angles 150.001..329.001 are not multiples of 0.01 (a relative tolerance took them for such): they pass with
-    no question."""
+    """Angles 150.001..249.001 are not multiples of 0.01 (a relative tolerance took them for such) and span no half
+    or full turn in degrees: they pass with no question."""
     from recon.fbp import arc_weighting_note
 
-    g = CTGeometry.parallel((6, 20, 20), 1.0, angles=(150.001 + np.arange(180.0)).tolist())
+    g = CTGeometry.parallel((6, 20, 20), 1.0, angles=(150.001 + np.arange(100.0)).tolist())
     assert "degrees?" not in (arc_weighting_note(g) or "")
+
+
+@pytest.mark.parametrize("angles", [np.linspace(0.0, 360.0, 72), 0.123 + 5.0 * np.arange(72),
+                                    (5.0 * np.arange(72) + 0.37).astype(np.float32), 150.001 + np.arange(180.0),
+                                    np.linspace(10.0, 190.0, 8)])
+def test_degrees_off_hundredths_over_a_turn_are_refused(angles):
+    """Degrees whose span (plus a step) is a full or half turn are refused whatever their decimals: 72 views over
+    0..360 (steps of 5.07), a start at 0.123, float32 values (5.37 stored as 5.369999886), 180 views from 150.001,
+    8 views over 10..190."""
+    with pytest.raises(ValueError, match="they look like degrees: give them in radians"):
+        CTGeometry.cone((6, 20, 20), 1.0, angles=[float(a) for a in angles], source_origin=100.0, source_detector=150.0)
+
+
+def test_few_views_or_float32_hundredths():
+    """Seven views spanning 180 "radians" with other decimals are not refused (a few views may span anything);
+    float32 degrees over 40 (an arc of 40 degrees, 6 turns as radians) only may be degrees: a question, not a
+    refusal."""
+    from recon.fbp import arc_weighting_note
+
+    CTGeometry.parallel((6, 20, 20), 1.0, angles=(0.5 + np.linspace(0.0, 180.0, 7) + 0.003).tolist())
+    short = (np.arange(0.0, 40.25, 0.25) + 0.37).astype(np.float32)
+    g = CTGeometry.parallel((6, 20, 20), 1.0, angles=[float(a) for a in short])
+    assert "are they degrees?" in (arc_weighting_note(g) or "")
 
 
 def _refusals(scan, geom, out, capsys):
