@@ -60,8 +60,8 @@ MIN_MATCH = 0.9
 _UPSAMPLE = 16
 
 
-def _profiles(proj, geometry: CTGeometry) -> np.ndarray:
-    """Each view's rows next to the mid-plane, summed: ``(V, cols)`` float64."""
+def _profiles(proj, geometry: CTGeometry, floor: float = 0.0) -> np.ndarray:
+    """Each view's rows next to the mid-plane, less ``floor``, summed: ``(V, cols)`` float64."""
     rows = geometry.det_shape[0]
     mid = (rows - 1) / 2 - _mean_offset(geometry)[1] / geometry.det_spacing[0]
     k = BAND_ROWS[geometry.kind]
@@ -69,7 +69,7 @@ def _profiles(proj, geometry: CTGeometry) -> np.ndarray:
     band = proj[:, lo:hi, :]
     if hasattr(band, "detach"):  # a torch tensor: only the band is copied to the host
         band = band.detach().cpu().numpy()
-    return np.asarray(band, dtype=np.float64).sum(axis=1)
+    return np.asarray(band, dtype=np.float64).sum(axis=1) - floor * (hi - lo)
 
 
 def _mean_offset(geometry: CTGeometry) -> tuple[float, float]:
@@ -126,13 +126,17 @@ def _peak(spectrum: np.ndarray, n: int) -> tuple[float, float]:
     return (pos - n if pos > n / 2 else pos), float(y1)
 
 
-def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
+def estimate_offset_u(proj, geometry: CTGeometry, floor: float = 0.0) -> float | None:
     """The detector offset ``u`` (mm) that puts the rotation axis where the projections show it, or ``None``.
 
     Args:
         proj: ``(V, rows, cols)`` line integrals (numpy array or torch tensor; only central rows are read).
         geometry: the scan (its ``det_offset[0]`` is not used; ``det_offset[1]``, the mean over the views of a
             per-view offset, places the mid-plane row).
+        floor: a level no pixel reads below, subtracted first (:func:`recon.fbp.truncation_note`'s): raw images
+            converted with a flat brighter than their open beam read it outside the object, and the correlation,
+            padded with zeros, takes such a pedestal across the whole detector for structure mirrored about its
+            centre (a right offset of 7 mm was estimated at 4 mm with a flat twice as bright).
 
     Returns:
         ``offset_u`` in mm, comparable with ``geometry.det_offset[0]``; ``None`` when the views do not pair (a
@@ -141,11 +145,11 @@ def estimate_offset_u(proj, geometry: CTGeometry) -> float | None:
         a half-fan scan (:attr:`CTGeometry.half_fan`), whose opposite views overlap only near the central ray (the
         whole rows' correlation peaked at the wrong shift on a simulated one, 32 mm from its 126 mm offset).
     """
-    found = _estimate(proj, geometry)
+    found = _estimate(proj, geometry, floor)
     return None if found is None else found[0]
 
 
-def _estimate(proj, geometry: CTGeometry) -> tuple[float, float, int] | None:
+def _estimate(proj, geometry: CTGeometry, floor: float = 0.0) -> tuple[float, float, int] | None:
     """:func:`estimate_offset_u`'s estimate, with what the geometry says for it and how many views it paired.
 
     Returns:
@@ -161,7 +165,7 @@ def _estimate(proj, geometry: CTGeometry) -> tuple[float, float, int] | None:
     parallel = geometry.kind == "parallel"
     if step <= 0 or (not parallel and arc < 2 * math.pi - 0.5 * step):  # cone beam: a full turn
         return None
-    prof = _profiles(proj, geometry)
+    prof = _profiles(proj, geometry, floor)
     noise = np.median(np.abs(np.diff(prof, axis=1))) / (0.6745 * math.sqrt(2)) + 1e-12
     if np.median(np.ptp(prof, axis=1)) < 20 * noise:  # flat or nothing but noise
         return None
@@ -187,7 +191,8 @@ def _estimate(proj, geometry: CTGeometry) -> tuple[float, float, int] | None:
     return -d * geometry.det_spacing[1] / 2, given, len(energy)
 
 
-def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERANCE_COLUMNS) -> str | None:
+def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERANCE_COLUMNS,
+                     floor: float = 0.0) -> str | None:
     """A warning's text when the projections put the rotation axis more than ``tolerance`` columns from where the
     geometry's ``det_offset[0]`` puts it, else ``None`` (also when :func:`estimate_offset_u` gives no estimate).
 
@@ -198,8 +203,9 @@ def axis_offset_note(proj, geometry: CTGeometry, tolerance: float = AXIS_TOLERAN
         proj: ``(V, rows, cols)`` line integrals.
         geometry: the scan.
         tolerance: columns.
+        floor: subtracted from every line integral first (:func:`estimate_offset_u`).
     """
-    found = _estimate(proj, geometry)
+    found = _estimate(proj, geometry, floor)
     if found is None:
         return None
     est, given, paired = found

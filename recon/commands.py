@@ -326,7 +326,7 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True,
         fbp: give the notes about FBP/FDK's arc and truncation (``reconstruct --fbp`` computes no FBP: it only asks
             whether the angles are degrees, :func:`recon.angle_checks.degrees_question`, which misleads its fit too).
         open_beam_floor: for raw images converted with ``--flat`` or ``--i0``, the level no pixel reads below (the
-            :class:`Scan`'s ``open_beam_floor``): truncation is judged above it where it is raised
+            :class:`Scan`'s ``open_beam_floor``): truncation and the rotation axis are judged above it where it is raised
             (:data:`recon.flat_field.OPEN_BEAM_ABOVE`; a flat brighter than the projections' open beam, which the
             conversion warned of).
         source: the stack as the transposed views' warning names it (``"projections <file>"``).
@@ -339,7 +339,7 @@ def warn_about_scan(geom: CTGeometry, proj, axis: bool = True, fbp: bool = True,
 
     floor = open_beam_floor if open_beam_floor > OPEN_BEAM_ABOVE else 0.0
     notes = (arc_weighting_note(geom), truncation_note(proj, geom, floor=floor)) if fbp else (degrees_question(geom.angles),)
-    checks = (axis_offset_note(proj, geom), transposed_note(proj, geom, source)) if axis else ()
+    checks = (axis_offset_note(proj, geom, floor=floor), transposed_note(proj, geom, source)) if axis else ()
     for note in (*notes, *checks):
         if note:
             print(f"warning: {note}", flush=True)
