@@ -103,6 +103,7 @@ class GaussianReconstructor:
             self._coarse = HalfResolutionStage(self.geometry, self.projector.name, self.proj)
         self.seconds = 0.0  # optimisation wall time of the iterations so far (earlier runs resumed included)
         self.resumed: dict | None = None  # after load_state_dict: {"iteration", "seconds_before"} (recon.state)
+        self.resumes: list[dict] = []  # every resume of the run, the earlier ones' from the state, this one last
         self.run_info: dict = {}  # what the caller records about the run (scan, settings); saved with the state
         self.holdout = None
         if self.config.holdout_views:

@@ -189,10 +189,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     rec.run_info = x.run_info
     start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
     if x.state is not None:
-        try:
-            rec.load_state_dict(x.state)
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CLIError(f"cannot resume from {state_path}: {e}") from e
+        _resume(rec, x.state, state_path, device)
     print(growth_note(cfg, rec.iteration, rec.num_gaussians), flush=True)  # how the count and the iterations' cost grow
     progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
     result = rec.run(checkpoint_path=state_path, progress=progress)
@@ -338,6 +335,18 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
                        f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
 
 
+def _resume(rec, state: dict, state_path: Path, device) -> None:
+    """Restore ``state`` into ``rec``; the resume's entry (``rec.resumed``, the last of ``rec.resumes``) records
+    this session's software."""
+    from medgmae.software import software_versions
+
+    try:
+        rec.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CLIError(f"cannot resume from {state_path}: {e}") from e
+    rec.resumed["software"] = software_versions(device)
+
+
 def _check_views_per_iteration(args, geom: CTGeometry) -> None:
     """``--views-per-iteration`` at most the views fitted (the scan's, less any held out)."""
     fitted = geom.num_views - args.holdout_views
@@ -361,7 +370,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
-        "resumed": rec.resumed, "software": software_versions(device),
+        "resumed": rec.resumed, "resumes": rec.resumes, "software": software_versions(device),
     }  # fmt: skip
 
 

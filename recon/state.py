@@ -64,6 +64,7 @@ def reconstructor_state(rec: GaussianReconstructor) -> dict:
         "holdout": None if rec.holdout is None else rec.holdout.state_dict(),
         "run_info": rec.run_info,
         "seconds": rec.seconds,
+        "resumes": rec.resumes,
     }
 
 
@@ -101,7 +102,8 @@ def check_state(state, path: str | Path | None = None) -> None:
 def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
     """Restore a :func:`reconstructor_state` into ``rec`` (built for the same scan) and record the resume in
     ``rec.resumed``: ``{"iteration", "seconds_before"}``, the latter ``None`` for a state that saved no time (an
-    older version), whose run then counts its time from the resume.
+    older version), whose run then counts its time from the resume; ``rec.resumes`` lists the earlier resumes the
+    state recorded (none in an older version's) and this one.
 
     Args:
         rec: the reconstructor.
@@ -120,6 +122,7 @@ def restore_reconstructor(rec: GaussianReconstructor, state: dict) -> None:
     rec.iteration, rec.history = int(state["iteration"]), [dict(r) for r in state["history"]]
     rec.seconds = float(state.get("seconds", 0.0))
     rec.resumed = {"iteration": rec.iteration, "seconds_before": state.get("seconds")}
+    rec.resumes = [*(dict(r) for r in state.get("resumes", [])), rec.resumed]
     rec.density_rounds = [dict(r) for r in state.get("density_rounds", [])]
     rec._build_optimizer()
     rec.optimizer.load_state_dict(state["optimizer"])

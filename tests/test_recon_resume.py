@@ -223,8 +223,9 @@ def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkey
 
 def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, monkeypatch, capsys):
     """On a clock that advances 10 s per optimisation step (nothing else takes time), 6 iterations take 60 s
-    however they are split: interrupted after iteration 2 (its state saved there), then resumed. A state written
-    without the time (an older version) gives the time since the resume, said so."""
+    however they are split: interrupted after iteration 2 (its state saved there), resumed, interrupted after
+    iteration 4 and resumed again; ``metrics.json`` lists both resumes, each with its session's software. A state
+    written without the time (an older version) gives the time since the resume, said so."""
     import types
 
     import recon.gaussian_recon as gr
@@ -234,7 +235,7 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
     step = gr.GaussianReconstructor.step
 
     def timed_step(self):
-        if self.iteration == 2 and clock[0] == 20.0:
+        if (self.iteration, clock[0]) in ((2, 20.0), (4, 1020.0)):
             raise KeyboardInterrupt
         clock[0] += 10.0
         return step(self)
@@ -244,13 +245,17 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
     args = _args(saved[0], out, "--iterations", "6", "--eval-every", "2", "--checkpoint-every", "2")
     assert main(args) == 130
     clock[0] = 1000.0  # the resumed process's clock starts anywhere
+    assert main([*args, "--resume"]) == 130
+    clock[0] = 3000.0
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["time_seconds"] == pytest.approx(60.0)
     assert [(h["iteration"], h["seconds"]) for h in metrics["history"]] == [(2, 20.0), (4, 40.0), (6, 60.0)]
-    assert metrics["resumed"] == {"iteration": 2, "seconds_before": 20.0}
-    assert "6 iterations in 60.0 s in all (20.0 s before the resume at iteration 2)" in capsys.readouterr().out
+    assert [(r["iteration"], r["seconds_before"]) for r in metrics["resumes"]] == [(2, 20.0), (4, 40.0)]
+    assert metrics["resumed"] == metrics["resumes"][-1]
+    assert all(r["software"]["packages"]["torch"] == torch.__version__ for r in metrics["resumes"])
+    assert "6 iterations in 60.0 s in all (40.0 s before the resume at iteration 4)" in capsys.readouterr().out
     state = torch.load(out / "recon_state.pt", weights_only=True)
     assert state["seconds"] == pytest.approx(60.0)
     del state["seconds"]
