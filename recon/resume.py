@@ -233,7 +233,8 @@ def load_resume_state(state_path: Path, run_info: dict, iterations: int) -> dict
             ``iterations`` below the saved iteration.
     """
     if not state_path.is_file():
-        raise CLIError(f"--resume: no saved state {state_path}")
+        raise CLIError(f"--resume: no saved state {state_path} (a run stopped before its first save, or another "
+                       "--out: run the command without --resume to start afresh)")
     state = _read_state(state_path)
     saved = state.get("run_info")
     if saved is None:  # written before the fingerprint was recorded: only the preset can be checked

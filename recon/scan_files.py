@@ -130,7 +130,8 @@ def read_detector_images(path, what: str = "projections", planar: bool = False) 
     if bad.any():
         view, row, col = (int(i) for i in np.argwhere(bad)[0])
         unit = "view" if what == "projections" else "image"
-        raise ValueError(f"{what} {path} contain {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
+        verb = "contain" if what == "projections" else "contains"  # projections ... contain; --flat F contains
+        raise ValueError(f"{what} {path} {verb} {int(bad.sum())} NaN or Inf value{'s' if bad.sum() > 1 else ''} in "
                          f"{int(bad.any(axis=(1, 2)).sum())} of {p.shape[0]} {unit}s (the first: {unit} {view}, row {row}, "
                          f"column {col})")  # fmt: skip
     return p, bool(integers)

@@ -230,7 +230,7 @@ def test_error_paths_exit_2_and_write_nothing(simulated, model_file, ct, tmp_pat
         "wrong-kind checkpoint": (reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(model_file[1])), "medgmae-encoder checkpoint (pre-trained ViT encoder, from a medgmae run); --init medgmae needs a medgmae or medgmae-star model.pt"),
         "corrupt checkpoint": (reconstruct_args(sim, out, "--init", "medgmae", "--checkpoint", str(garbage)), "garbage.pt"),
         "reference shape": (reconstruct_args(sim, out, "--init", "fbp", "--reference", str(small)), "reference"),
-        "resume without state": (reconstruct_args(sim, out, "--init", "fbp", "--resume"), "no saved state"),
+        "resume without state": (reconstruct_args(sim, out, "--init", "fbp", "--resume"), "run the command without --resume to start afresh"),
         "fbp init with checkpoint": (reconstruct_args(sim, out, "--preset", "3dgr-ct", "--checkpoint", str(model_file[0])), "--init 3dgr-ct"),
         "split rule of the other preset": (reconstruct_args(sim, out, "--preset", "3dgr-ct", "--split-rule", "moments"), "--split-rule chooses the toolkit"),
         "too many held-out views": (reconstruct_args(sim, out, "--holdout-views", "6"), "has 10 views; hold out between 1 and 5"),

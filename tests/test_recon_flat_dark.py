@@ -71,7 +71,7 @@ def test_bad_flats_and_darks_are_refused_naming_the_files(raw, tmp_path, capsys)
         "shape": (["--flat", str(tmp_path / "narrow.npy")], [f"--flat {tmp_path / 'narrow.npy'}", f"(rows, cols) = ({rows}, {cols - 1})",
                                                              f"projections {counts} have (rows, cols) = ({rows}, {cols})"]),
         "swapped": (["--flat", k, "--dark", f], [f"--flat {k} is above the dark (--dark {f}) in only 0%", "swapped"]),
-        "nan flat": (["--flat", str(tmp_path / "nan.npy")], [f"--flat {tmp_path / 'nan.npy'} contain 1 NaN or Inf value",
+        "nan flat": (["--flat", str(tmp_path / "nan.npy")], [f"--flat {tmp_path / 'nan.npy'} contains 1 NaN or Inf value",
                                                             "row 2, column 3"]),
         "inf dark": (["--flat", f, "--dark", str(tmp_path / "inf_dark.npy")], [f"--dark {tmp_path / 'inf_dark.npy'} contain"]),
         "flat and i0": (["--flat", f, "--i0", "1000"], [f"--flat {f} and --i0 1000 both give the open-beam intensity"]),
