@@ -88,7 +88,7 @@ def check_settings(
     """
     context = _interrupt_context(settings, output_dirs)  # what the advice after Ctrl-C needs
     if is_bundle_command_line():  # a later failure of the command ends with its reason (from Python: the exception)
-        summarise_errors(resumable="resume" in settings, **context)
+        summarise_errors(resumable="resume" in settings and hold is None, **context)  # an inference's resume: no epochs
     command = bundle_command(None)  # the command line (or the call from Python) and its config files, read once
     found = {k: p for k, (value, kind) in settings.items() if (p := setting_problem(cli_types.as_given(value, k), kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers

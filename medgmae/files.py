@@ -314,7 +314,8 @@ SHEARED_SFORM_NOTE = "sform sheared; qform is its nearest frame"
 
 
 def save_nifti_atomic(
-    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype | type | None = None
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype | type | None = None,
+    description: str | None = None,
 ) -> Path:
     """Write a volume as NIfTI through :func:`atomic_write`; the one NIfTI writer of the toolkit.
 
@@ -329,6 +330,7 @@ def save_nifti_atomic(
         affine: ``(4, 4)`` voxel-index-to-RAS-mm matrix for that index order.
         path: the destination (``.nii`` or ``.nii.gz``).
         dtype: the stored data type; ``data``'s own when ``None``.
+        description: the header's ``descrip`` (at most 80 bytes of UTF-8); ``None``: nibabel's default (empty).
 
     Returns:
         The final path.
@@ -345,6 +347,8 @@ def save_nifti_atomic(
     img = nib.Nifti1Image(array, affine)
     img.header.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
+    if description is not None:  # NIfTI's field holds 80 bytes: the rest would be cut
+        img.header["descrip"] = description.encode("utf-8")
     img.set_qform(affine, code=1)  # nibabel stores the nearest rotation and voxel sizes (``affine`` unless sheared)
     img.set_sform(affine, code=1)
     from medgmae.data.grid import shear_offset_mm

@@ -72,6 +72,7 @@ def test_bundle_train_resume_evaluate_infer(tmp_path, straight):
     _check_the_resume_matches_an_uninterrupted_run(out, straight.run, common)
     _check_the_evaluation(out)
     _check_inference_in_another_orientation_and_spacing(out, tmp_path)
+    _check_a_resumed_segmentation_skips_only_this_models_outputs(out, tmp_path)
     # the earlier model's evaluation and segmentations are replaced by a fresh run in this folder too
     made = {p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] in ("eval", "segmentations")}
     assert len(made) == 4 and made <= _replaced_by_a_fresh_run(out)
@@ -159,6 +160,31 @@ def _check_inference_in_another_orientation_and_spacing(out: Path, tmp_path: Pat
     assert {int(r[0]): r[1] for r in rows} == {i: n.replace(" ", "_") for i, n in enumerate(names)}
     assert all(len(r) == 6 and all(0 <= int(v) <= 255 for v in r[2:]) for r in rows)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {int(r[0]) for r in rows}
+
+
+def _check_a_resumed_segmentation_skips_only_this_models_outputs(out: Path, tmp_path: Path) -> None:
+    """``--resume true``: a case whose segmentation this model wrote with these settings is not segmented again
+    (its file untouched), a new case is; another overlap rewrites both; with every case done nothing runs. Each file
+    records what made it in its NIfTI description."""
+    seg_dir = tmp_path / "seg_resume"
+    first = out / "phantom" / "imagesTr" / "case_0002.nii.gz"
+    second = shutil.copy(first, tmp_path / "input" / "second.nii.gz")
+    run = lambda files, **kw: bundle_in_this_process("inferring", "inference.json", output_dir=str(out), device="cpu",
+                                                     seg_dir=str(seg_dir), input_files=[str(f) for f in files], **kw)  # noqa: E731
+    stamp = lambda name: (seg_dir / name).stat().st_mtime_ns  # noqa: E731
+    run([first])
+    made_by = nib.load(seg_dir / "case_0002_seg.nii.gz").header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert made_by.startswith("medgmae-seg ") and len(made_by) == 44
+    before = stamp("case_0002_seg.nii.gz")
+    run([first, second], resume=True)
+    assert stamp("case_0002_seg.nii.gz") == before and (seg_dir / "second_seg.nii.gz").is_file()
+    run([first, second], resume=True, sw_overlap=0.25)  # another run's outputs: segmented again
+    assert stamp("case_0002_seg.nii.gz") != before
+    again = nib.load(seg_dir / "second_seg.nii.gz").header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert again.startswith("medgmae-seg ") and again != made_by
+    stamps = {p.name: p.stat().st_mtime_ns for p in seg_dir.iterdir()}
+    run([first, second], resume=True, sw_overlap=0.25)  # every case done: nothing segmented, nothing written
+    assert {p.name: p.stat().st_mtime_ns for p in seg_dir.iterdir()} == stamps
 
 
 def test_a_run_stopped_while_validating_keeps_the_epochs_training(tmp_path, stop_while_validating, straight):

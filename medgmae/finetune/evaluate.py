@@ -26,7 +26,7 @@ from medgmae.distributed import gather_in_order, is_main_process, sharded_loader
 from medgmae.files import save_json_atomic, save_nifti_atomic, staged_outputs
 from medgmae.finetune.color_table import COLOR_TABLE_NAME, write_color_table
 from medgmae.software import software_versions
-from medgmae.temp_names import fitted_name
+from medgmae.finetune.segment_resume import segmentation_path
 
 __all__ = ["case_mean_dice", "per_case_dice", "predicted_but_absent", "SegmentationReport", "SaveSegmentationd", "case_name", "case_image", "check_num_classes"]
 
@@ -268,17 +268,20 @@ class SaveSegmentationd(MapTransform):
         postfix: appended to the case name.
         label_names: class names in label order, background first (the network's ``class_names``); ``None``
             writes no colour table.
+        description: the NIfTI header's ``descrip`` of every file: what made it
+            (:func:`~medgmae.finetune.segment_resume.segmentation_id`, which ``--resume true`` compares).
     """
 
     def __init__(
         self, keys="pred", output_dir: str | Path = "segmentations", postfix: str = "seg",
-        label_names: Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None, description: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(keys)
         if label_names is not None and len(label_names) < 2:
             raise ValueError(f"SaveSegmentationd: label_names needs background and at least one class, got {label_names}")
         self.output_dir, self.postfix = Path(output_dir), postfix
         self.label_names = None if label_names is None else list(label_names)
+        self.description = description
         self._table_written = False
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -293,8 +296,8 @@ class SaveSegmentationd(MapTransform):
             name = d.get("name")
             name = name[0] if isinstance(name, (list, tuple)) and len(name) == 1 else name
             case = name if isinstance(name, str) and name else case_name(d)
-            path = self.output_dir / fitted_name(case, f"_{self.postfix}.nii.gz")  # a long input's name shortened
-            save_nifti_atomic(labels, affine, path)
+            path = segmentation_path(self.output_dir, case, self.postfix)  # a long input's name shortened
+            save_nifti_atomic(labels, affine, path, description=self.description)
             logger.info("wrote %s", path)
             d[f"{key}_path"] = str(path)
         return d
