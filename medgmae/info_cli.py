@@ -9,9 +9,10 @@ limit (:mod:`medgmae.host_memory`), each GPU torch sees (name, memory, compute c
 renderers and ``medgmae-recon``'s projectors for an example scan (:mod:`medgmae.environment`, which asks each
 pipeline's own selection function). ``--json`` prints the same facts as one JSON object; ``--path DIR`` adds the
 free room of ``DIR``'s file system (the nearest existing folder above it where it does not exist yet);
-``--geometry FILE`` chooses the projectors for that scan's ``geometry.json`` rather than the example scans. Nothing
-is built and no data read; flags are parsed before torch is imported. Exit status 0, or 2 on a bad flag or a
-geometry file that cannot be read (one line naming it).
+``--geometry FILE`` chooses the projectors for that scan's ``geometry.json`` rather than the example scans;
+``--volume FILE`` adds how the toolkit reads that volume (:mod:`medgmae.volume_facts`: grid, axis codes, affine,
+values and what they look like). Nothing is built and no other data read; flags are parsed before torch is
+imported. Exit status 0, or 2 on a bad flag or a geometry file or volume that cannot be read (one line naming it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
     parser.add_argument("--geometry", default=None, metavar="FILE",
                         help="choose the projectors for this scan's geometry.json (default: example scans)")
+    parser.add_argument("--volume", default=None, metavar="FILE",
+                        help="also report how the toolkit reads this volume (NIfTI, NRRD, MetaImage, DICOM folder): "
+                             "grid, axis codes, affine, values")  # fmt: skip
     parser.add_argument("--path", default=None, metavar="DIR",
                         help="also report the free room of DIR's file system (e.g. a run's output folder)")  # fmt: skip
     return parser
@@ -111,6 +115,10 @@ def report_text(report: dict[str, Any]) -> str:
         disk = report["disk"]
         room = "unknown" if disk["free"] is None else f"{_size(disk['free'])} free (measured at {disk['measured']})"
         lines.append(("free room", f"{disk['path']}: {room}"))
+    if "volume" in report:
+        from medgmae.volume_facts import volume_lines
+
+        lines += volume_lines(report["volume"])
     width = max(len(label) for label, _ in lines) + 1
     return "".join(f"{label + ':':<{width}} {value}\n" for label, value in lines)
 
@@ -130,13 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = environment_report(args.path, args.geometry)
     except (ValueError, OSError) as e:  # a geometry file that cannot be read or is none: the message names it
-        from medgmae.files import os_error_message
+        return _refused(e, f"geometry file {args.geometry}")
+    if args.volume is not None:
+        from medgmae.volume_facts import volume_facts
 
-        said = (os_error_message(e) or f"geometry file {args.geometry}: {e}") if isinstance(e, OSError) else str(e)
-        print(f"{PROG}: error: {said}", file=sys.stderr)
-        return 2
+        try:
+            report["volume"] = volume_facts(args.volume)
+        except (ValueError, OSError) as e:  # the reader's message names the file
+            return _refused(e, f"volume {args.volume}")
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
     return 0
+
+
+def _refused(e: Exception, what: str) -> int:
+    """Print the one error line of an input that cannot be read (``what`` names it where the message does not);
+    returns the exit status 2."""
+    from medgmae.files import os_error_message
+
+    said = os_error_message(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else None
+    said = said or (str(e) if what.split(" ", 1)[-1] in str(e) else f"{what}: {e}")
+    print(f"{PROG}: error: {said}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -261,3 +261,43 @@ def test_the_example_scans_are_what_the_report_says():
         assert geometry.kind == kind and geometry.num_views == views
         assert list(geometry.volume_shape) == report["example_scan"]["shape"]
         assert np.allclose(geometry.voxel_size, report["example_scan"]["voxel_mm"])
+
+
+def test_a_volume_is_described_as_the_reader_reads_it(capsys, tmp_path):
+    """``--volume``: an NRRD SimpleITK writes in LPS with a 20-degree turn about z, 0.7 x 0.9 x 3 mm voxels and an
+    origin of LPS (10, 20, 30) is reported as the analytic answer: the first index runs along LPS
+    ``(cos 20, sin 20, 0)``, mostly towards the left (``L``), the second mostly towards posterior (``P``), the third
+    up (``S``); 20 degrees oblique; RAS origin (-10, -20, 30); the values' range, percentiles (numpy's of the same
+    values) and one NaN; a label map and raw stored values (HU + 1024) are named; a missing file is one error line."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(-300.0, 400.0, (12, 10, 8)).astype(np.float32)  # (K, J, I): SimpleITK's array order
+    values[0, 0, 0] = np.nan
+    img = sitk.GetImageFromArray(values)
+    c, s = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    img.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    img.SetSpacing((0.7, 0.9, 3.0))
+    img.SetOrigin((10.0, 20.0, 30.0))
+    sitk.WriteImage(img, str(tmp_path / "ct.nrrd"))
+    facts = json.loads(_run(capsys, "--json", "--volume", str(tmp_path / "ct.nrrd")))["volume"]
+    assert facts["shape"] == [8, 10, 12] and facts["voxel_mm"] == pytest.approx([0.7, 0.9, 3.0])
+    assert facts["axis_codes"] == ["L", "P", "S"] and facts["oblique_degrees"] == pytest.approx(20.0, abs=1e-3)
+    assert facts["origin_mm"] == pytest.approx([-10.0, -20.0, 30.0])
+    finite = values[np.isfinite(values)]
+    assert facts["non_finite"] == 1 and facts["min"] == float(finite.min()) and facts["max"] == float(finite.max())
+    assert facts["percentiles"]["50"] == pytest.approx(float(np.percentile(finite, 50.0)), abs=1e-3)
+    assert facts["looks_like"] == "CT in HU"
+    lines = _lines(_run(capsys, "--volume", str(tmp_path / "ct.nrrd")))
+    assert lines["  grid"].startswith("8 x 10 x 12 voxels (I, J, K) of 0.7 x 0.9 x 3 mm, axis codes LPS (oblique")
+    assert lines["  non-finite"].startswith("1 voxel (NaN or infinite)")
+
+    labels = rng.integers(0, 4, (6, 6, 6)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "labels.nrrd"))
+    assert "a label map (" in _lines(_run(capsys, "--volume", str(tmp_path / "labels.nrrd")))["  values"]
+    raw = np.clip(values[np.isfinite(values)], -1000, None).reshape(-1)[:200].reshape(5, 5, 8) + 1024.0
+    sitk.WriteImage(sitk.GetImageFromArray(raw.astype(np.float32)), str(tmp_path / "raw.nrrd"))
+    assert "shifted up" in _lines(_run(capsys, "--volume", str(tmp_path / "raw.nrrd")))["  values"]
+    assert info_cli.main(["--volume", str(tmp_path / "none.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "none.nii.gz") in err
