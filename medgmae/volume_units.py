@@ -1,5 +1,6 @@
 """What a volume's values say about its units: a CT in Hounsfield units, linear attenuation in 1/mm, a label map,
-or a CT stored as HU + 1024 without its rescale intercept; and the one warning given when a model whose
+a CT stored as HU + 1024 without its rescale intercept, or one shifted down by 1024 HU (its intercept applied twice);
+and the one warning given when a model whose
 pre-processing (:class:`~medgmae.preprocessing.PreprocessingSpec`) is a CT window in HU is given anything else.
 
 Zero-shot inference, UNETR segmentation's pre-check, the 3D input checks and ``medgmae-recon``'s unit check all
@@ -17,8 +18,8 @@ if TYPE_CHECKING:  # the spec is only read here; importing it at run time is not
     from medgmae.preprocessing import PreprocessingSpec
 
 __all__ = [
-    "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "SHIFTED_HU_MIN", "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu",
-    "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
+    "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "SHIFTED_HU_MIN", "SHIFTED_DOWN_HU_MAX", "SHIFTED_DOWN_HU_MEDIAN",
+    "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu", "looks_like_shifted_down_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -65,15 +66,21 @@ def window_expects_hu(spec: PreprocessingSpec) -> bool:
 #: -1000 HU): another modality, or a CT stored as HU + 1024 (unsigned) without its rescale intercept.
 SHIFTED_HU_MIN = -50.0
 
+#: A volume whose largest value is below this reaches no soft tissue (fat -100 HU, water 0, muscle 40), which every
+#: CT of a body holds: a CT shifted down by 1024 HU (its rescale intercept applied twice), whose tissue reads as air.
+SHIFTED_DOWN_HU_MAX = -200.0
+#: A volume half of whose voxels (the median of about a million evenly spaced ones) lie below this, far below air
+#: (-1000 HU), is a CT shifted down by 1024 HU too, even when dense bone or metal reaches above
+#: :data:`SHIFTED_DOWN_HU_MAX` (a real CT's padding outside its circular field of view is about a fifth of a slice).
+SHIFTED_DOWN_HU_MEDIAN = -1500.0
+
 #: At most this many distinct values, all integers in ``[0, 255]``: a label map (TotalSegmentator's have up to 118),
 #: not a CT (whose air is -1000 HU and whose noise alone gives hundreds of values).
 LABEL_MAP_MAX_VALUES = 128
 
 
-def looks_like_label_map(array) -> int:
-    """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
-    (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
-    voxels), else 0."""
+def _sample(array) -> np.ndarray:
+    """About a million evenly spaced voxels of ``array`` (NumPy or torch, any shape), as a NumPy array."""
     if hasattr(array, "detach"):  # sampled where it lies (a GPU scan, permuted or not, is not copied whole), any dtype
         import torch  # here: the module is read without torch for NumPy volumes
 
@@ -83,6 +90,14 @@ def looks_like_label_map(array) -> int:
     else:
         a = np.asarray(array)  # the voxels of its C-order flattening, gathered without it (a reshape copies a
         sample = a.flat[:: max(1, a.size // 1_000_000)]  # Fortran-ordered volume, as NIfTI reads, whole)
+    return sample
+
+
+def looks_like_label_map(array) -> int:
+    """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
+    (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
+    voxels), else 0."""
+    sample = _sample(array)
     if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
         return 0
     values = np.unique(sample).size
@@ -100,13 +115,28 @@ def _range_is_shifted_hu(lo: float, hi: float) -> bool:
     return lo >= SHIFTED_HU_MIN and hi > 1000
 
 
+def looks_like_shifted_down_hu(array) -> bool:
+    """Whether ``array`` (NumPy or torch, any shape) looks like a CT shifted down by 1024 HU (its rescale intercept
+    applied twice: air at about -2000, tissue at about -1000): nothing above :data:`SHIFTED_DOWN_HU_MAX` (no soft
+    tissue), or half its voxels below :data:`SHIFTED_DOWN_HU_MEDIAN` (far below air)."""
+    return _shifted_down(array, _value_range(array)[1]) is not None
+
+
+def _shifted_down(array, hi: float) -> float | None:
+    """The median of :func:`_sample` of ``array`` (whose maximum is ``hi``) when it looks shifted down by 1024 HU
+    (:func:`looks_like_shifted_down_hu`), else ``None``."""
+    median = float(np.median(_sample(array)))
+    return median if hi < SHIFTED_DOWN_HU_MAX or median < SHIFTED_DOWN_HU_MEDIAN else None
+
+
 def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     """Log a warning naming ``source`` when a model whose pre-processing is a CT window in HU
     (:func:`window_expects_hu`) is given a volume that is not a CT in HU: linear attenuation in 1/mm
     (:func:`looks_like_attenuation`), which the window maps to an almost constant input, a label map
     (:func:`looks_like_label_map`: a segmentation listed as an image), or one without air (nothing below
-    :data:`SHIFTED_HU_MIN`, values above 1000: a CT stored as HU + 1024, or another modality). Either way the output
-    is meaningless.
+    :data:`SHIFTED_HU_MIN`, values above 1000: a CT stored as HU + 1024, or another modality), or one shifted down by
+    1024 HU (:func:`looks_like_shifted_down_hu`: its rescale intercept applied twice; under the window it is all
+    background). Either way the output is meaningless.
     Nothing is refused: models of other modalities take such ranges.
 
     Args:
@@ -145,6 +175,15 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
             "this is a crop without air (inside the skull, say), another modality, or a CT stored as HU + 1024 "
             "without its rescale intercept (air reads as tissue under the model's HU window [%g, %g]); for the "
             "last subtract 1024 (or set the DICOM RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
+        )  # fmt: skip
+        return True
+    median = _shifted_down(array, hi)
+    if median is not None:
+        logger.warning(
+            "%s looks like a CT shifted down by 1024 HU (values %g .. %g, median %g; a CT has soft tissue at 0 .. 80 HU "
+            "and air at -1000): its rescale intercept applied twice (HU - 1024)? The model's HU window [%g, %g] reads "
+            "it all as air, so the output is all background; add 1024 (or correct the DICOM RescaleIntercept / NIfTI "
+            "scl_inter)", source, lo, hi, median, a0, a1,
         )  # fmt: skip
         return True
     return False

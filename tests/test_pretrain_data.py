@@ -304,6 +304,16 @@ def test_pre_training_and_fine_tuning_warn_about_a_volume_smaller_than_the_crop(
     with caplog.at_level(logging.WARNING, logger="medgmae"):  # the run's own cases (phantoms): not warned about
         inference_transforms(spec, warn_padding=False)({"image": ct("own.nii.gz", 40, 30)})
     assert "smaller than the" not in caplog.text
+    # a CT shifted down by 1024 HU (intercept applied twice) has nothing above the window's floor: its foreground crop
+    # is empty, which was called "0x0x0 voxels ... check its field of view"; now the floor and the likely cause
+    twice = ct("twice.nii.gz", 40, 30)
+    nib.save(nib.Nifti1Image(nib.load(twice).get_fdata().astype(np.float32) - 1024, nib.load(twice).affine), twice)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        inference_transforms(spec)({"image": twice})
+    assert f"{twice} looks like a CT shifted down by 1024 HU" in caplog.text
+    assert f"{twice} has no voxel above the intensity window's floor (-175 in the image's values)" in caplog.text
+    assert "0x0x0" not in caplog.text and "field of view" not in caplog.text
 
 
 def _label_like(path: str) -> str:

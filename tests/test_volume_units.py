@@ -165,6 +165,31 @@ def test_a_ct_stored_as_hu_plus_1024_is_warned_about(caplog):
     assert "stored as HU + 1024 without its rescale intercept" in messages[0]
 
 
+def test_a_ct_shifted_down_by_1024_hu_is_warned_about(caplog):
+    """A CT whose rescale intercept was applied twice (HU - 1024: air -2024, water -1024) gave an all-background
+    segmentation without a word about its values. Warned by name when it reaches no soft tissue (the soft-tissue
+    crop, maximum -724) or when most of it lies far below air (the phantom, whose bone reaches -24); the phantom in
+    HU, the same with -3024 outside a circular field of view, and a model of another modality are not."""
+    hu = _phantom_hu()
+    soft = np.full((16, 16, 16), 40.0, np.float32)
+    soft[4:12, 4:12, 4:12] = 300.0
+    padded = hu.copy()
+    yy, xx = np.indices(hu.shape[1:])
+    padded[:, (yy - 7.5) ** 2 + (xx - 7.5) ** 2 > 8**2] = -3024.0
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_not_hu(hu - 1024.0, DEFAULT_SPEC, "/data/twice.nii.gz")
+        assert warn_if_not_hu(torch.from_numpy(soft - 1024.0), DEFAULT_SPEC, "/data/crop_twice.nii.gz")
+        assert not warn_if_not_hu(hu, DEFAULT_SPEC, "/data/ct.nii.gz")
+        assert not warn_if_not_hu(padded, DEFAULT_SPEC, "/data/fov.nii.gz")
+        assert not warn_if_not_hu(soft, DEFAULT_SPEC, "/data/crop.nii.gz")
+        assert not warn_if_not_hu(hu - 1024.0, PreprocessingSpec(hu_window=(0, 3000)), "/data/mri.nii.gz")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("/data/twice.nii.gz looks like a CT shifted down by 1024 HU (values -2024 .. -24")
+    assert messages[1].startswith("/data/crop_twice.nii.gz looks like a CT shifted down by 1024 HU (values -984 .. -724")
+    assert all("rescale intercept applied twice (HU - 1024)" in m and "add 1024" in m for m in messages)
+
+
 def test_simulate_says_a_volume_without_air_is_simulated_as_it_is(capsys):
     """medgmae-recon's HU check warns about a volume stored as HU + 1024 (it simulates it, air as tissue) and stays
     silent for the phantom in HU."""

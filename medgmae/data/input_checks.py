@@ -18,7 +18,7 @@ from monai.transforms import MapTransform
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.volume_units import warn_if_not_hu
 
-__all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "padding_share"]
+__all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "crop_floor", "padding_share"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -45,6 +45,23 @@ class WarnIfNotHUd(MapTransform):
             warn_if_not_hu(data[key], self.spec, _source(data[key], key))
         return data
 
+    def _warn_empty(self, source: str) -> None:
+        """The warning about an image whose foreground crop is empty: no voxel above the window's floor."""
+        floor = "" if self.floor is None else f" ({self.floor:g} in the image's values)"
+        logger.warning(
+            "%s has no voxel above the intensity window's floor%s after resampling, so the foreground crop (the box of "
+            "the voxels above it) is empty: the model sees only padding and its output is all background; check the "
+            "image's values (a CT shifted down by 1024 HU, its rescale intercept applied twice?) and the window",
+            source, floor,
+        )
+
+
+def crop_floor(spec: PreprocessingSpec) -> float:
+    """The image value that ``spec``'s window (``hu_window`` mapped to ``intensity_range``) maps to 0: the foreground
+    crop (``CropForegroundd``'s default, voxels above 0 after the window) keeps the box of the voxels above it."""
+    (a0, a1), (b0, b1) = spec.hu_window, spec.intensity_range
+    return float(a0 + (0.0 - b0) * (a1 - a0) / (b1 - b0))
+
 
 def padding_share(shape: Sequence[int], window: Sequence[int]) -> float:
     """The share of a ``window`` (a crop, or zero-shot inference's window) that padding fills when it holds a volume
@@ -65,15 +82,18 @@ class WarnIfPaddedd(MapTransform):
         max_padding: the share of a crop that may be padding without a warning, in ``[0, 1)``.
         window: what the message calls the region of ``spatial_size`` (``"crop"`` in training; inference's
             ``"sliding window"``).
+        spec: the pre-processing before the foreground crop, whose window's floor (:func:`crop_floor`) the message
+            names when the crop is empty (``None``: not named).
     """
 
     _warned: set = set()
 
     def __init__(
         self, keys: KeysCollection, spatial_size: Sequence[int], pixdim: Sequence[float] | None = None,
-        max_padding: float = 0.25, window: str = "crop",
+        max_padding: float = 0.25, window: str = "crop", spec: PreprocessingSpec | None = None,
     ) -> None:
         super().__init__(keys)
+        self.floor = None if spec is None else crop_floor(spec)
         self.window = str(window)
         if not 0.0 <= float(max_padding) < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
@@ -91,6 +111,9 @@ class WarnIfPaddedd(MapTransform):
             if padding <= self.max_padding or source in WarnIfPaddedd._warned:
                 continue
             WarnIfPaddedd._warned.add(source)
+            if min(shape) == 0:
+                self._warn_empty(source)
+                continue
             at = "" if self.pixdim is None else f" at {'x'.join(f'{p:g}' for p in self.pixdim)} mm"
             advice = ("use a smaller pixdim (for a pre-trained encoder, one pre-trained at that spacing: a spacing other "
                       "than its own shows it data prepared otherwise)" if self.window == "crop" else
@@ -102,3 +125,13 @@ class WarnIfPaddedd(MapTransform):
                 100 * padding, advice,
             )  # fmt: skip
         return data
+
+    def _warn_empty(self, source: str) -> None:
+        """The warning about an image whose foreground crop is empty: no voxel above the window's floor."""
+        floor = "" if self.floor is None else f" ({self.floor:g} in the image's values)"
+        logger.warning(
+            "%s has no voxel above the intensity window's floor%s after resampling, so the foreground crop (the box of "
+            "the voxels above it) is empty: the model sees only padding and its output is all background; check the "
+            "image's values (a CT shifted down by 1024 HU, its rescale intercept applied twice?) and the window",
+            source, floor,
+        )

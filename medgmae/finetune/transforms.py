@@ -47,7 +47,7 @@ def train_transforms(spec: PreprocessingSpec, num_samples: int = 4, warn_padding
     generated phantoms of a demonstration run, whose size the user did not choose)."""
     roi = list(spec.input_size)
     keys = ["image", "label"]
-    padding = [WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing)] if warn_padding else []
+    padding = [WarnIfPaddedd(keys="image", spatial_size=roi, pixdim=spec.spacing, spec=spec)] if warn_padding else []
     return Compose(
         _load_and_resample(keys, spec)
         + padding
@@ -92,6 +92,7 @@ def inference_transforms(spec: PreprocessingSpec, warn_not_hu: bool = True, warn
     if not isinstance(warn_not_hu, bool) or not isinstance(warn_padding, bool):
         raise ValueError(f"inference_transforms: warn_not_hu and warn_padding must be true or false, got {warn_not_hu!r}, "
                          f"{warn_padding!r}")
-    padded = [WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window")]
+    padded = [WarnIfPaddedd(keys="image", spatial_size=spec.input_size, pixdim=spec.spacing, window="sliding window",
+                            spec=spec)]
     return Compose(_load_and_resample(["image"], spec, warn_not_hu) + (padded if warn_padding else [])
                    + [EnsureTyped(keys="image")])
