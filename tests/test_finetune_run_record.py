@@ -82,6 +82,50 @@ def test_a_resume_keeps_the_training_seed_and_encoder_its_run_recorded(tmp_path)
     assert "training_seed" not in resumed and "pretrained" not in resumed
 
 
+def test_a_resume_given_another_encoder_says_it_continues_the_checkpoint(tmp_path, caplog):
+    """A resume given a --pretrained file of other content (SHA-256) than its run started from was accepted in
+    silence, logging 'loaded 34/34 pre-trained encoder tensors from <new file>' and 'encoder loaded from <new file>'
+    while it continued the checkpoint's weights. Now one warning names both files and says so; the network is
+    built from the file's architecture without loading its weights, and the run line names the checkpoint. The same
+    content at another path, and a fresh start, say nothing."""
+    import logging
+
+    from medgmae.finetune import build_unetr
+    from medgmae.finetune.run_line import FinetuneRunLine, finetune_run_line
+
+    enc = encoder_file(tmp_path / "encoder.pt")
+    other = torch.load(enc, weights_only=True)
+    other["state_dict"] = {k: v + 1.0 for k, v in other["state_dict"].items()}
+    torch.save(other, tmp_path / "other.pt")
+    (tmp_path / "copy.pt").write_bytes(enc.read_bytes())
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_record(run, start_record(case_record(0.1, 0, 10, []), enc, 3))
+    (run / "checkpoint_epoch=1.pt").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="medgmae"):
+        start_record(case_record(0.1, 0, 10, []), tmp_path / "copy.pt", 3, resumed=run)
+        assert "WARNING" not in [r.levelname for r in caplog.records]
+        resumed = start_record(case_record(0.1, 0, 10, []), tmp_path / "other.pt", 3, resumed=run)
+        net = build_unetr(2, 24, tmp_path / "other.pt", resume_dir=run)
+        fresh = build_unetr(2, 24, tmp_path / "other.pt", resume_dir=tmp_path)  # no checkpoint there: loaded
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    digest = hashlib.sha256(enc.read_bytes()).hexdigest()
+    assert len(warned) == 1 and f"--pretrained {tmp_path / 'other.pt'} (SHA-256 " in warned[0], warned
+    assert f"not the encoder this run started from, {enc} (SHA-256 {digest[:12]})" in warned[0]
+    assert f"continues the weights of {run / 'checkpoint_epoch=1.pt'} and does not use the given file" in warned[0]
+    assert resumed["pretrained"]["sha256"] == digest
+    loaded = [r.getMessage() for r in caplog.records if "pre-trained encoder tensors from" in r.getMessage()]
+    assert len(loaded) == 1  # the fresh start's alone
+    state, kept = net.vit.state_dict(), other["state_dict"]
+    assert not any(torch.equal(state[k], kept[k]) for k in kept if k in state and kept[k].numel() > 1)
+    assert all(torch.equal(fresh.vit.state_dict()[k], kept[k]) for k in kept if k in fresh.vit.state_dict())
+    assert FinetuneRunLine(str(tmp_path / "other.pt"), resume_dir=run).resumed == run / "checkpoint_epoch=1.pt"
+    assert FinetuneRunLine(str(tmp_path / "other.pt"), resume_dir=None).resumed is None
+    line = finetune_run_line(net, torch.optim.AdamW(net.parameters()), "cpu", False, tmp_path / "other.pt",
+                             resumed=run / "checkpoint_epoch=1.pt")
+    assert f"encoder continued from {run / 'checkpoint_epoch=1.pt'}, fine-tuned" in line and "loaded from" not in line
+
+
 def test_a_bundle_run_records_its_encoder_and_training_seed(tmp_path, capsys):
     """... and what else decides its weights: the loader workers (one here; phantom runs default to none), the
     software, the encoder file's content; the start line states the seed."""

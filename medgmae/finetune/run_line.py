@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 
 from medgmae.distributed import is_main_process, rank_world
 from medgmae.engine import unwrap_model
+from medgmae.engine.resume import latest_checkpoint
 from medgmae.engine.run_words import (amp_words, checked_seed, device_words, global_batch_words, loader_items,
                                       parameter_counts, plural, seed_words)
 from medgmae.finetune.weights import layer_id
@@ -79,9 +80,11 @@ def learning_rate_words(network: nn.Module, optimizer: torch.optim.Optimizer) ->
     )
 
 
-def _encoder_words(model: nn.Module, pretrained: str | Path) -> str:
-    """Where the encoder's weights come from and whether it trains."""
+def _encoder_words(model: nn.Module, pretrained: str | Path, resumed: str | Path | None = None) -> str:
+    """Where the encoder's weights come from (a resumed checkpoint's, else ``pretrained``'s) and whether it trains."""
     frozen = not any(p.requires_grad for p in model.vit.parameters())
+    if resumed is not None:
+        return f"encoder continued from {resumed}, {'frozen' if frozen else 'fine-tuned'}"
     if str(pretrained or "").strip():
         return f"encoder loaded from {pretrained}, {'frozen' if frozen else 'fine-tuned'}"
     return "encoder randomly initialised, frozen" if frozen else "encoder trained from scratch"
@@ -98,6 +101,7 @@ def finetune_run_line(
     processes: int = 1,
     items: int | None = None,
     seed: int | None = None,
+    resumed: str | Path | None = None,
 ) -> str:
     """One line stating what a fine-tuning run runs.
 
@@ -113,6 +117,8 @@ def finetune_run_line(
         items: the volumes one process draws in an epoch (:func:`~medgmae.engine.run_words.loader_items`): fewer
             than ``batch_size`` make each step hold those alone, and the global batch says so.
         seed: the run's seed (``"seed N"`` ends the line); ``None`` leaves it out.
+        resumed: the checkpoint a resume continues (its weights, not ``pretrained``'s, are the encoder's); ``None``
+            for a fresh start.
 
     Returns:
         ``"fine-tuning runs on cpu, AMP off, network UNETR (feature size 16, N parameters, M trainable), encoder
@@ -126,7 +132,7 @@ def finetune_run_line(
         f"fine-tuning runs on {device_words(device)}",
         amp_words(amp, device, precision="fp16"),
         f"network UNETR ({size_words}{count:,} parameters, {trainable:,} trainable)",
-        _encoder_words(model, pretrained),
+        _encoder_words(model, pretrained, resumed),
         learning_rate_words(model, optimizer),
         global_batch_words(processes, int(batch_size), int(crops_per_item), items=items),
     ]
@@ -143,11 +149,15 @@ class FinetuneRunLine:
         pretrained: the bundle's ``pretrained`` (``""`` for training from scratch).
         crops_per_item: the bundle's ``num_samples``.
         seed: the bundle's ``seed``, stated at the line's end; ``None`` leaves it out.
+        resume_dir: the run folder when the run resumes (``--resume true``): the line names its newest epoch
+            checkpoint, read here before training writes another, as the encoder's source; ``None``: a fresh start.
     """
 
-    def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1, seed: int | None = None) -> None:
+    def __init__(self, pretrained: str | Path = "", crops_per_item: int = 1, seed: int | None = None,
+                 resume_dir: str | Path | None = None) -> None:  # fmt: skip
         seed = None if seed is None else checked_seed(seed, "FinetuneRunLine")
         self.pretrained, self.crops_per_item, self.seed = str(pretrained or "").strip(), int(crops_per_item), seed
+        self.resumed = latest_checkpoint(resume_dir) if resume_dir is not None else None
 
     def attach(self, engine: Engine) -> None:
         """Log at ``STARTED``."""
@@ -162,4 +172,4 @@ class FinetuneRunLine:
         batch = getattr(engine.data_loader, "batch_size", None) or 1
         logger.info(finetune_run_line(model, engine.optimizer, engine.state.device, bool(getattr(engine, "amp", False)),
                                       self.pretrained, batch, self.crops_per_item, rank_world()[1],
-                                      loader_items(engine.data_loader), self.seed))  # fmt: skip
+                                      loader_items(engine.data_loader), self.seed, self.resumed))  # fmt: skip

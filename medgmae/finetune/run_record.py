@@ -15,6 +15,7 @@ there but does not read as one is refused (:func:`read_run_record`), never taken
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from pathlib import Path
@@ -31,6 +32,8 @@ from medgmae.settings_diff import settings_differences
 
 __all__ = ["RECORD_FILE", "EXPLICIT_DATA", "RESUME_AFRESH", "case_record", "start_record", "pretrained_record", "read_run_record", "write_run_record", "data_source", "run_data_source", "run_datalist", "folder_datalist_file",
            "training_datalist", "check_resume_matches"]
+
+logger = logging.getLogger(__name__)
 
 #: Name of the record in the run folder.
 RECORD_FILE = "training_cases.json"
@@ -99,7 +102,8 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
     (:func:`pretrained_record`), ``preprocessing`` where given (``medgmae-runs-table`` reads it, also for a run not
     validated yet) and ``software`` (:func:`medgmae.software.software_versions` of ``device``). A resume keeps those
     its run recorded, or none where it recorded none: it continues from the checkpoint's weights and random state,
-    whatever its own ``--seed`` and ``--pretrained`` say, and appends to ``resumes`` the entry every training bundle
+    whatever its own ``--seed`` and ``--pretrained`` say (a ``--pretrained`` file whose SHA-256 is not the one
+    the run started from is warned about: the resume does not use it), and appends to ``resumes`` the entry every training bundle
     records of a resume (:func:`medgmae.engine.start_record.resume_entry`: the epoch of the checkpoint it resumed
     from, its own ``num_workers`` and ``software``; a run resumed with other software is then no longer the fresh
     start's alone; each validation's ``metrics.json`` names the software that wrote it); a record that is there but
@@ -137,12 +141,35 @@ def start_record(record: Mapping, pretrained: str | Path, training_seed: int, re
         return {**dict(record), "training_seed": int(training_seed), "pretrained": pretrained_record(pretrained), **spec,
                 **({} if num_workers is None else {"num_workers": num_workers}), "software": ran_with}  # fmt: skip
     earlier = read_run_record(resumed, RESUME_AFRESH) or {}  # a run recorded before these keys existed keeps none
+    _warn_if_other_encoder(pretrained, earlier.get("pretrained"), checkpoints[0][1])
     kept = ("training_seed", "num_workers", "pretrained", "preprocessing", "software")
     epoch = checkpoints[0][0]  # the newest epoch checkpoint's, resumed from
     resumes = earlier.get("resumes") if isinstance(earlier.get("resumes"), list) else []
     resumes = [r for r in resumes if not _resumed_from(r, epoch)]  # sessions that wrote no checkpoint resumed here
     entry = resume_entry(epoch, num_workers, ran_with)
     return {**dict(record), **{key: earlier[key] for key in kept if key in earlier}, "resumes": [*resumes, entry]}
+
+
+def _warn_if_other_encoder(pretrained: str | Path, recorded, checkpoint: Path) -> None:
+    """Warn (main process, once) when a resume is given a ``--pretrained`` file whose content (SHA-256) is not the
+    one its run started from (``recorded``, :func:`pretrained_record`; a run from scratch records an empty path):
+    the resume continues ``checkpoint``'s weights and does not use the file. Nothing is said where the run recorded
+    no encoder (an earlier version's record) or where the file is that encoder, at any path."""
+    if not str(pretrained or "").strip() or not isinstance(recorded, Mapping) or not is_main_process():
+        return
+    started, digest = str(recorded.get("path") or ""), str(recorded.get("sha256") or "")
+    try:
+        given = file_sha256(Path(str(pretrained)).expanduser())
+    except OSError:
+        given = ""
+    if started and (not digest or given == digest):
+        return
+    was = f"{started} (SHA-256 {digest[:12]})" if started else "no pre-trained encoder (from scratch)"
+    logger.warning(
+        "--pretrained %s (SHA-256 %s) is not the encoder this run started from, %s: the resume continues the weights "
+        "of %s and does not use the given file; %s keeps recording the run's start", pretrained, given[:12] or "unreadable",
+        was, checkpoint, RECORD_FILE,
+    )  # fmt: skip
 
 
 def _resumed_from(entry, epoch: int) -> bool:

@@ -21,24 +21,16 @@ from monai.networks.nets import UNETR
 from medgmae.checkpoint import CHECKPOINT_KINDS, ENCODER_KIND, Checkpoint, encoder_source, load_checkpoint
 from medgmae.checkpoint_checks import TrainingStateError
 from medgmae.engine.decay_rule import no_weight_decay
+from medgmae.engine.resume import latest_checkpoint
 from medgmae.mae_training.models import MODEL_KINDS
 from medgmae.networks.unetr import MedGMAEUNETR
 from medgmae.networks.vit import MaskedViTEncoder, freeze_unused_cross_attn_norms
 
 __all__ = [
-    "ENCODER_KIND",
-    "default_roi_size",
-    "read_encoder_file",
-    "check_roi_fits_encoder",
-    "read_encoder_for",
-    "pretrained_check",
-    "load_pretrained_encoder",
-    "build_unetr",
-    "stock_unetr_from_encoder",
-    "layer_id",
-    "param_groups",
+    "ENCODER_KIND", "default_roi_size", "read_encoder_file", "check_roi_fits_encoder", "read_encoder_for",
+    "pretrained_check", "load_pretrained_encoder", "build_unetr", "stock_unetr_from_encoder", "layer_id", "param_groups",
     "set_encoder_trainable",
-]
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +257,11 @@ def build_unetr(
     encoder: dict | None = None,
     feature_size: int = 16,
     in_channels: int = 1,
+    resume_dir: str | Path | None = None,
 ) -> MedGMAEUNETR:
     """UNETR for fine-tuning: the encoder's architecture comes from ``pretrained`` when given, else from ``encoder``.
+    A resume from an epoch checkpoint in ``resume_dir`` continues the checkpoint's weights: ``pretrained`` then
+    gives the architecture alone, and its weights are neither loaded nor said to be.
 
     Args:
         num_classes: output classes, background included.
@@ -276,9 +271,11 @@ def build_unetr(
         encoder: :class:`MaskedViTEncoder` arguments for training from scratch (``img_size`` is ``roi_size``).
         feature_size: decoder width.
         in_channels: image channels.
+        resume_dir: the run folder when the run resumes (``--resume true``), else ``None``.
 
     Returns:
-        the network, with pre-trained encoder weights loaded when ``pretrained`` is set.
+        the network, with pre-trained encoder weights loaded when ``pretrained`` is set and the run does not resume
+        from a checkpoint.
     """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2 (background and at least one structure), got {num_classes}")
@@ -288,7 +285,12 @@ def build_unetr(
         if cfg.get("in_channels", 1) != in_channels:
             raise ValueError(f"{pretrained} was pre-trained with {cfg.get('in_channels')} channels, not {in_channels}")
         net = MedGMAEUNETR(int(num_classes), encoder=MaskedViTEncoder(**cfg), feature_size=feature_size)
-        load_pretrained_encoder(net, ckpt, source_name=str(pretrained))
+        resumed = latest_checkpoint(resume_dir) if resume_dir is not None else None
+        if resumed is None:
+            load_pretrained_encoder(net, ckpt, source_name=str(pretrained))
+        else:  # the checkpoint's weights replace any loaded here
+            logger.info("resuming from %s: the encoder's weights are the checkpoint's; %s gives its architecture alone",
+                        resumed, pretrained)  # fmt: skip
         return net
     cfg = dict(encoder or {})
     cfg.update(img_size=roi_size, in_channels=in_channels)
