@@ -88,6 +88,30 @@ def test_a_refusal_says_where_settings_no_flag_names_come_from():
     assert "Where they come from" not in str(refused.value)
 
 
+def test_a_refusal_names_a_settings_own_source_before_its_sections():
+    """A resume with another --feature_size was refused saying 'model.*: the encoder's part comes from the
+    --pretrained file', though the flag gives it: a setting's own source is said instead of its section's (an empty
+    one says none), and the section's still for its other settings."""
+    from medgmae.engine.records import SettingsRecord
+
+    saved = SettingsRecord({"model": {"feature_size": 16, "hidden_size": 96, "out_channels": 4}}).state_dict()
+    sources = {"model": "the encoder's part comes from the --pretrained file",
+               "model.feature_size": "--feature_size gives it", "model.out_channels": ""}  # fmt: skip
+
+    def refusal(**model) -> str:
+        record = SettingsRecord({"model": {"feature_size": 16, "hidden_size": 96, "out_channels": 4, **model}},
+                                "fine-tuning", sources=sources, flags={"model.feature_size": "feature_size"})  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            record.load_state_dict(saved)
+        return str(refused.value)
+
+    assert "Where they come from: model.feature_size: --feature_size gives it. Resume" in refusal(feature_size=8)
+    assert "--pretrained" not in refusal(feature_size=8)
+    assert "Where they come from" not in refusal(out_channels=3)
+    both = refusal(feature_size=8, hidden_size=48)
+    assert "Where they come from: model.*: the encoder's part comes from the --pretrained file; model.feature_size: " in both
+
+
 def test_a_setting_added_later_reads_an_older_record_as_its_earlier_behaviour():
     """GViT's ``classifier_freqs`` was 6 before it was a setting: an older phase checkpoint (its model record without
     the key) is compared as 6, so the default 2 is named as the difference and ``--classifier_freqs 6`` resumes."""

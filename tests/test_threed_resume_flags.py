@@ -265,7 +265,9 @@ def test_a_fine_tuning_resume_from_a_pretrained_file_flags_its_overrides_and_sou
     message = proc.stderr.split("\nerror: ")[-1]
     assert proc.returncode != 0 and "preprocessing.spacing: saved [2.5, 2.5, 2.5], now [2.0, 2.0, 2.0]" in message, message
     assert "Where they come from: preprocessing.*: the --pretrained file records them, unless --pixdim" in message
-    assert "model.*: the encoder's part comes from the --pretrained file" in message
+    # --feature_size is no setting of the encoder: its own source, not "the encoder's part comes from the file"
+    assert "model.feature_size: --feature_size gives it, not the --pretrained file" in message, message
+    assert "model.*" not in message
     assert '(here --feature_size 4 --pixdim "[2.5, 2.5, 2.5]")' in message, message
     assert folder_state(out) == before
     given = _flagged(given_words(message))
@@ -281,9 +283,20 @@ def test_a_fine_tuning_resume_from_a_pretrained_file_flags_its_overrides_and_sou
     assert "model.*: the encoder's part comes from the --pretrained file" in message and "(here" not in message
     assert folder_state(out) == before
 
-    resumed = finetune_process("training", "train.json", *_args({**base, **changed, **given}))
+    # the same architecture with other weights (another SHA-256): resumed from the checkpoint's weights, which the
+    # log says, not "loaded ... tensors from" / "encoder loaded from" the file; the record keeps the run's encoder
+    twin = torch.load(enc, weights_only=True)
+    twin["state_dict"] = {k: v + 1.0 for k, v in twin["state_dict"].items()}
+    torch.save(twin, tmp_path / "twin.pt")
+    resumed = finetune_process("training", "train.json", *_args({**base, **changed, **given, "--pretrained": str(tmp_path / "twin.pt")}))
+    logged = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "checkpoint_epoch=2.pt").is_file()
+    assert f"--pretrained {tmp_path / 'twin.pt'} (SHA-256 " in logged and "does not use the given file" in logged, logged[-3000:]
+    assert "pre-trained encoder tensors from" not in logged and "encoder loaded from" not in logged
+    assert "encoder continued from " in logged and "checkpoint_epoch=1.pt, fine-tuned" in logged
+    record = json.loads((out / "training_cases.json").read_text(encoding="utf-8"))
+    assert record["pretrained"]["path"] == str(enc.resolve())
 
 
 def test_a_fine_tuning_resume_from_another_pretrained_file_leads_with_the_file(tmp_path, folder_state):

@@ -45,7 +45,9 @@ class SettingsRecord:
             no mapping is a top-level setting's (``{"flip": True}``). A checkpoint written before its run recorded
             settings at all is compared on these alone (:func:`unrecorded_states`).
         sources: ``{section: where its values come from}``, said after the differences of that section (settings
-            no flag names: fine-tuning's pre-processing and encoder come from the ``--pretrained`` file).
+            no flag names: fine-tuning's pre-processing and encoder come from the ``--pretrained`` file); a
+            setting's own entry (``{"model.feature_size": ...}``) is said for it instead of its section's, and an
+            empty one says nothing (a setting its flag alone gives, in a section the file gives).
         retired: ``{section: keys}`` that earlier versions recorded and this one no longer does, because they no
             longer change what a resumed run trains (GViT's ``data.default_root``): dropped from a saved record
             before comparing. Any other key only the saved record holds is still a difference.
@@ -114,8 +116,7 @@ class SettingsRecord:
         """Raise the refusal naming ``diff`` (lines of :func:`settings_differences`), where each section's values
         come from (:attr:`sources`), the flags that give the saved values (:attr:`flags`) and, leading, what gives
         those no flag gives (:attr:`given_by`, else said to be given as the interrupted run did)."""
-        why = [f"{section}.*: {source}" for section, source in self.sources.items()
-               if any(line.startswith(f"{section}.") for line in diff)]  # fmt: skip
+        why = self._sources_of(diff)
         given, missing = resume_flags(self.flags, diff, saved), unflagged(self.flags, diff, saved) if self.flags else {}
         led = {name: self.given_by[name.split(".")[0]] for name in missing if name.split(".")[0] in self.given_by}
         rest = [f"{name} ({reason})" if reason else name for name, reason in missing.items() if name not in led]
@@ -131,6 +132,16 @@ class SettingsRecord:
             + (f"Where they come from: {'; '.join(why)}. " if why else "")
             + f"Resume with {how} or train into a new output_dir"
         )
+
+    def _sources_of(self, diff: list[str]) -> list[str]:
+        """``"section.*: source"`` (or ``"section.key: source"``) for each of :attr:`sources` that gives a setting
+        ``diff`` names, in the order of :attr:`sources`: a setting's own entry before its section's; an empty
+        source names none."""
+        used = set()
+        for name in (line.partition(": ")[0] for line in diff):
+            used.add(name if name in self.sources else name.split(".")[0])
+        return [f"{key if '.' in key else key + '.*'}: {source}" for key, source in self.sources.items()
+                if key in used and source]  # fmt: skip
 
     def _saved_with_defaults(self, saved: dict, now: Mapping) -> dict[str, set]:
         """Fill ``saved`` (in place) with :attr:`saved_defaults` for the settings this run records and it lacks: a
