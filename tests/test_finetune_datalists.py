@@ -269,6 +269,32 @@ def test_an_nnunet_raw_folder_is_named_with_the_command_writing_its_datalist(tmp
 
 
 
+def test_a_dataset_json_of_both_forms_with_case_lists_is_read_and_its_nnunet_labels_turned_round(tmp_path):
+    """A dataset.json with nnU-Net's channel_names and file_ending and the Decathlon's case lists was refused as
+    nnU-Net's own file 'which lists no training cases', and a 'labels' map of names to values (nnU-Net v2's order)
+    as not 'integer strings to names': both are read now, the map turned round; regions, or one value named twice,
+    are refused saying so."""
+    root = tmp_path / "data"
+    hybrid = root / "dataset.json"
+    labels = {"background": 0, "liver": 1, "spleen": 2}
+    cases = [make_case(root, "c0"), make_case(root, "c1")]
+    hybrid.write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "labels": labels,
+                                  "training": cases[:1], "validation": cases[1:]}))  # fmt: skip
+    found = evaluation_cases("", str(hybrid), tmp_path / "out")
+    assert found["label_names"] == ["background", "liver", "spleen"] and found["num_classes"] == 3
+    assert [c["image"] for c in found["cases"]] == [cases[1]["image"]]
+    assert label_names(hybrid) == ["background", "liver", "spleen"]
+    plain = root / "reversed.json"
+    plain.write_text(json.dumps({"labels": {"liver": 1, "background": 0}, "training": cases}))
+    assert label_names(plain) == ["background", "liver"]
+    for bad, said in (({"background": 0, "liver": 1, "tumour": [1, 2]}, "regions (a name for several values"),
+                      ({"background": 0, "liver": 1, "hepar": 1}, "gives the value(s) [1] more than one name"),
+                      ({"background": 0, "liver": "one"}, "or names to whole-number values as nnU-Net v2 does")):
+        plain.write_text(json.dumps({"labels": bad, "training": cases}))
+        with pytest.raises(DatasetError, match=re.escape(said)):
+            label_names(plain)
+
+
 def test_classes_no_chosen_training_case_holds_are_warned_about(tmp_path, caplog, monkeypatch):
     """With 1 % or 10 % of the cases, a class some cases lack can be in none of those chosen: the model never sees
     it. Each case here holds one class (its ``max_label``); a one-case subset lacks the other, which the warning

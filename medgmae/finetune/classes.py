@@ -35,21 +35,20 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     """Class names in label order (background first) from the datalist's ``labels`` map or a class count.
 
     Args:
-        datalist: Decathlon JSON with a ``labels`` map ``{"0": "background", "1": "spleen", ...}``.
+        datalist: Decathlon JSON with a ``labels`` map ``{"0": "background", "1": "spleen", ...}`` (or nnU-Net v2's
+            ``{"background": 0, "spleen": 1}``; an nnU-Net ``dataset.json`` with a ``training`` list of its own
+            is read as a Decathlon datalist).
         num_classes: class count from the configuration; checked against the datalist when both are given.
 
     Returns:
         ``num_classes`` names (``class_<i>`` where the datalist has none).
     """
     content = load_datalist_json(datalist, check_lists=False) if datalist else {}  # its labels alone are read
-    if is_nnunet_datalist(content):  # its 'labels' map names to values, and it lists no cases
+    if is_nnunet_datalist(content) and not content.get("training"):  # nnU-Net's own: its folder pairs the cases
         raise nnunet_datalist_error(Path(datalist).expanduser())
     labels = content.get("labels")
     if labels:
-        try:
-            index = {int(k): str(v) for k, v in labels.items()}
-        except (ValueError, AttributeError) as e:
-            raise DatasetError(f"datalist {datalist}: 'labels' must map integer strings to names, got {labels!r}") from e
+        index = _label_index(labels, datalist)
         if sorted(index) != list(range(len(index))):
             missing = sorted(set(range(max(index) + 1)) - set(index))
             raise DatasetError(f"datalist {datalist}: 'labels' keys must be 0..{len(index) - 1} (a class per label value "
@@ -69,6 +68,35 @@ def label_names(datalist: str | Path | None = None, num_classes: int | None = No
     if not num_classes:
         raise DatasetError(f"set num_classes: datalist {datalist} has no 'labels' map")
     return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
+
+
+def _label_index(labels, datalist: str | Path) -> dict[int, str]:
+    """``{value: name}`` of a datalist's ``labels``: the Decathlon's form (``{"0": "background", "1": "liver"}``), or
+    nnU-Net v2's (``{"background": 0, "liver": 1}``, names to values, as ``medgmae-datalist`` reads it) turned round
+    when each name has one whole-number value of its own.
+
+    Raises:
+        DatasetError: neither form (nnU-Net's regions, a name with several values, named as such), or a value given
+            two names.
+    """
+    bad = f"datalist {datalist}: 'labels' must map integer strings to names ({{\"0\": \"background\", \"1\": \"liver\"}})"
+    if not isinstance(labels, dict):
+        raise DatasetError(f"{bad}, got {labels!r}")
+    try:
+        return {int(k): str(v) for k, v in labels.items()}
+    except ValueError:
+        pass
+    values = list(labels.values())
+    if any(isinstance(v, list) for v in values):
+        raise DatasetError(f"{bad}; it maps names to values as nnU-Net v2 does, with regions (a name for several "
+                           f"values: {labels!r}), which are no classes: give one value per name")  # fmt: skip
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise DatasetError(f"{bad}, or names to whole-number values as nnU-Net v2 does, got {labels!r}")
+    if len(set(values)) < len(values):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        raise DatasetError(f"{bad}; it maps names to values as nnU-Net v2 does, but gives the value(s) {twice} more "
+                           f"than one name: {labels!r}")  # fmt: skip
+    return {int(v): str(k) for k, v in labels.items()}
 
 
 def names_classes(datalist: str | Path) -> bool:
