@@ -127,7 +127,9 @@ def test_the_resampling_advice_is_given_once_for_several_label_maps_off_their_gr
         check_datalist(items, label_key="label", num_classes=2, source="d.json")
     text = str(e.value)
     assert text.count("resample the label map") == 1 and text.count("is not on the voxel grid") == 2
-    assert text.splitlines()[-1].startswith("  - label maps off their image's grid: resample the label map")
+    # a line of advice after the list, not one more problem in it
+    assert text.splitlines()[-1].startswith("for the label maps off their image's grid: resample the label map")
+    assert text.count("\n  - ") == 2 and len(e.value.problems) == 2 and "resample" not in " ".join(e.value.problems)
     from medgmae.finetune.classes import refuse_unnamed_classes  # the error's lines, as other messages quote them
 
     with pytest.raises(DatasetError) as e:

@@ -79,6 +79,15 @@ def test_the_datalist_writer_counts_noisy_classes_and_names_a_fractional_map(tmp
     bad = _pair(tmp_path, half, "bad")["label"]
     with pytest.raises(DatasetError, match=rf"^{bad}: a label map holds whole class numbers, but 1 voxel"):
         class_values([noisy, bad])
+    # every such map is named, not the first alone (the writer stopped there, one fix and rerun per map)
+    half[5, 5, 5] = -2.0
+    worse = _pair(tmp_path, np.round(half) - 3.0, "worse")["label"]
+    with pytest.raises(DatasetError) as e:
+        class_values([bad, noisy, worse])
+    lines = str(e.value).splitlines()
+    assert lines[0] == "2 label maps cannot be used:" and len(lines) == 3, lines
+    assert lines[1].startswith(f"  {bad}: a label map holds whole class numbers, but 1 voxel")
+    assert lines[2].startswith(f"  {worse}: a label map holds whole class numbers >= 0, this one holds -5")
 
 
 def test_pre_training_loads_its_labels_rounded(tmp_path):

@@ -58,36 +58,53 @@ def class_values(
             :func:`~medgmae.data.grid.same_grid_problem`; the image's header only where its format allows).
 
     Raises:
-        DatasetError: a map (or image) that cannot be read, maps not on their images' grids (all of them, each with
-            its image, in one error), or a map
-            holding values that are not whole numbers >= 0 (named; float noise within
-            :data:`~medgmae.data.reader.LABEL_TOLERANCE` of a whole number is rounded, not refused).
+        DatasetError: maps (or images) that cannot be read, maps not on their images' grids (each with its image)
+            and maps holding values that are not whole numbers >= 0 (float noise within
+            :data:`~medgmae.data.reader.LABEL_TOLERANCE` of a whole number is rounded, not refused): all of them, each
+            named, in one error after the last map.
     """
     found: dict[int, str] = {0: ""}
     grids: list[str] = []  # every map off its image's grid, in one error after the last map
+    bad: list[str] = []  # every map that cannot be read or holds no class numbers, likewise
     for i, path in enumerate(labels, 1):
-        try:
-            label = read_volume(path, label=True)  # float noise rounded, other fractions refused
-            grid = _grid_problem(label, images[i - 1]) if images is not None else None
-        except (OSError, ValueError) as e:  # its message names the file
-            raise DatasetError(str(e)) from e
+        values, problem, grid = _map_values(path, images[i - 1] if images is not None else None)
+        bad += [problem] if problem else []
         grids += [grid] if grid else []
-        arr = label.array
-        values = np.unique(arr)
-        if (values < 0).any():
-            shown = ", ".join(f"{v:g}" for v in values[:8])
-            raise DatasetError(f"{path}: a label map holds whole class numbers >= 0, this one holds {shown}"
-                               f"{' ...' if len(values) > 8 else ''}")  # fmt: skip
         for v in values:
             found[int(v)] = found.get(int(v)) or str(path)
         if progress and (i % 10 == 0 or i == len(labels)):
             print(f"read {i}/{len(labels)} label maps", flush=True)
-    if len(grids) == 1:
-        raise DatasetError(grids[0])
-    if grids:
-        lines, fix = grid_fix_once(grids)
-        raise DatasetError(f"{len(grids)} label maps are not on their images' voxel grids:\n  " + "\n  ".join(lines) + f"\n{fix}")
+    _refuse_maps(bad, grids)
     return dict(sorted(found.items()))
+
+
+def _map_values(path: str | Path, image: str | Path | None) -> tuple[np.ndarray, str | None, str | None]:
+    """The class values of the label map ``path`` (none where it cannot be used), why it cannot be (``None``: it
+    can) and why it is not on ``image``'s voxel grid (``None``: it is, or no image given)."""
+    try:
+        label = read_volume(path, label=True)  # float noise rounded, other fractions refused
+        grid = _grid_problem(label, image) if image is not None else None
+    except (OSError, ValueError) as e:  # its message names the file
+        return np.zeros(0), str(e), None
+    values = np.unique(label.array)
+    if (values < 0).any():
+        shown = ", ".join(f"{v:g}" for v in values[:8])
+        return np.zeros(0), (f"{path}: a label map holds whole class numbers >= 0, this one holds {shown}"
+                             f"{' ...' if len(values) > 8 else ''}"), grid  # fmt: skip
+    return values, None, grid
+
+
+def _refuse_maps(bad: Sequence[str], grids: Sequence[str]) -> None:
+    """Refuse, in one error, every label map that cannot be used (``bad``) and every one off its image's grid
+    (``grids``), the resampling advice said once after them (:func:`~medgmae.data.grid.grid_fix_once`); one
+    problem alone is the error's whole message."""
+    if len(bad) + len(grids) == 1:
+        raise DatasetError([*bad, *grids][0])
+    if bad or grids:
+        lines, fix = grid_fix_once(grids)
+        head = ([f"{len(bad)} label maps cannot be used"] if bad else []) + (
+            [f"{len(grids)} label maps are not on their images' voxel grids"] if grids else [])
+        raise DatasetError(" and ".join(head) + ":\n  " + "\n  ".join([*bad, *lines]) + (f"\n{fix}" if fix else ""))
 
 
 def _grid_problem(label: Volume, image: str | Path) -> str | None:

@@ -360,7 +360,8 @@ def check_datalist(
     Raises:
         DatasetError: the list is empty or any file is unusable; one message lists them all (label maps beyond
             ``num_classes`` in one line, first, with the count they need, also set as the error's
-            ``needed_classes``; the lines are its ``problems``).
+            ``needed_classes``; the lines are its ``problems``, and the advice said once after them, on a line of its
+            own, its ``advice``: ``""`` or a line starting with a newline).
     """
     if not items:
         raise DatasetError(f"{source or 'datalist'}: no items to check (the list is empty)")
@@ -377,12 +378,12 @@ def check_datalist(
         if problems:
             problems, needed = _grouped_range_problems(problems)
             lines, fix = grid_fix_once(problems)  # the resampling advice once, not on every off-grid label line
-            lines += [f"label maps off their image's grid: {fix}"] if fix else []
+            advice = f"\nfor the label maps off their image's grid: {fix}" if fix else ""  # after the list, no item of it
             err = DatasetError(f"{plural(len(problems), 'problem')} in the data of {source or 'the datalist'} "
                                f"({len(items)} items); fix or remove these files:\n  - " + "\n  - ".join(lines)
-                               + _all_missing_hint(items, image_key, str(source))
+                               + advice + _all_missing_hint(items, image_key, str(source))
                                + regeneration_note(source))  # fmt: skip
-            err.needed_classes, err.problems = needed, lines
+            err.needed_classes, err.problems, err.advice = needed, lines, advice
             raise err
 
     main_process_only(check, DatasetError)

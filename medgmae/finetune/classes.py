@@ -131,7 +131,7 @@ def refuse_unnamed_classes(datalist: str | Path, cases: list[dict], workers: int
         needed = getattr(e, "needed_classes", None)
         if needed is None:
             raise DatasetError(f"{head}, and its data have problems:\n{e}") from e
-        others = "".join(f"\n  - {p}" for p in e.problems[1:])
+        others = "".join(f"\n  - {p}" for p in e.problems[1:]) + (getattr(e, "advice", "") if e.problems[1:] else "")
         # from None: the probe's own wording (a one-class range) would show above this line in the traceback
         raise DatasetError(f"{head}; its label maps hold labels 0-{needed - 1}: --num_classes {needed} (or a 'labels' "
                            f"map naming {needed} classes, background first)" + (f"; other problems:{others}" if others else "")) from None  # fmt: skip
