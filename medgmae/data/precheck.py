@@ -360,8 +360,7 @@ def check_datalist(
     Raises:
         DatasetError: the list is empty or any file is unusable; one message lists them all (label maps beyond
             ``num_classes`` in one line, first, with the count they need, also set as the error's
-            ``needed_classes``; the lines are its ``problems``, and the advice said once after them, on a line of its
-            own, its ``advice``: ``""`` or a line starting with a newline).
+            ``needed_classes``; the lines are its ``problems``, the advice said once after them its ``advice``).
     """
     if not items:
         raise DatasetError(f"{source or 'datalist'}: no items to check (the list is empty)")
