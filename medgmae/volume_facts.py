@@ -7,7 +7,7 @@ MetaImage, a DICOM series folder or a multi-frame DICOM file): the array's shape
 (nibabel's ``aff2axcodes``: ``("L", "P", "S")`` is the first index running towards the patient's left...), how far
 its axes turn from the world's (an oblique scan), the value range and percentiles of the finite voxels and how many
 are not finite (a reader run refuses them), and what the values look like (:mod:`medgmae.volume_units`: CT in HU,
-attenuation in 1/mm, a label map, HU shifted by the rescale intercept).
+attenuation in 1/mm, a label map, HU shifted up by the rescale intercept or down by it applied twice).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def _values(array: np.ndarray) -> dict[str, Any]:
         said = f"a label map ({labels} classes)"
     elif volume_units.looks_like_shifted_hu(values):
         said = "HU shifted up by the rescale intercept (raw stored values, 1024 above HU?)"
+    elif volume_units.looks_like_shifted_down_hu(values):
+        said = "HU shifted down by 1024 (the rescale intercept applied twice?)"
     elif volume_units.looks_like_hu(values):
         said = "CT in HU"
     elif volume_units.looks_like_attenuation(values):

@@ -298,6 +298,9 @@ def test_a_volume_is_described_as_the_reader_reads_it(capsys, tmp_path):
     raw = np.clip(values[np.isfinite(values)], -1000, None).reshape(-1)[:200].reshape(5, 5, 8) + 1024.0
     sitk.WriteImage(sitk.GetImageFromArray(raw.astype(np.float32)), str(tmp_path / "raw.nrrd"))
     assert "shifted up" in _lines(_run(capsys, "--volume", str(tmp_path / "raw.nrrd")))["  values"]
+    twice = np.clip(values[np.isfinite(values)], -1000, 700).reshape(-1)[:200].reshape(5, 5, 8) - 1024.0
+    sitk.WriteImage(sitk.GetImageFromArray(twice.astype(np.float32)), str(tmp_path / "twice.nrrd"))  # intercept twice
+    assert "HU shifted down by 1024" in _lines(_run(capsys, "--volume", str(tmp_path / "twice.nrrd")))["  values"]
     assert info_cli.main(["--volume", str(tmp_path / "none.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "none.nii.gz") in err
