@@ -297,11 +297,18 @@ def _evaluation_data(
 
 
 def _evaluated_split(
-    data: ClassificationData, splits: Mapping, split: str, model_path: str | Path, recorded: tuple[float, float] | None, window
+    data: ClassificationData,
+    splits: Mapping,
+    split: str,
+    model_path: str | Path,
+    recorded: tuple[float, float] | None,
+    window,
+    model_data: Mapping | None = None,
 ) -> tuple[list[dict], tuple[float, float] | None, dict]:
     """The images of ``split`` of ``data`` (``splits[split]``), the window they are read with (:func:`~medgmae.twod.windows.input_window`:
     the given ``window``, else the ``recorded`` one, else none; logged) and the ``data`` that ``metrics.json``
-    records: the data settings, ``source``, ``window`` (``[low, high]`` or ``None``) and ``window_source``.
+    records: the data settings, ``source``, ``window`` (``[low, high]`` or ``None``) and ``window_source``
+    (``model_data``: the data settings the model records, which tell how training scaled its images).
 
     Raises:
         DatasetError: the split holds no images (its folder and the split named).
@@ -314,7 +321,7 @@ def _evaluated_split(
         raise DatasetError(f"the {split!r} split of dataset {data.source} has no images: evaluate another --split "
                            "(all: every image)")  # fmt: skip
     used, origin = input_window(window, recorded, model_path, sum(is_windowed(it["image"]) for it in items),
-                                f"the images of the {split!r} split of dataset {data.source}")  # fmt: skip
+                                f"the images of the {split!r} split of dataset {data.source}", model_data)  # fmt: skip
     settings = {**without_split_files(data.settings), "source": data.source,
                 "window": None if used is None else list(used), "window_source": origin}  # fmt: skip
     return items, used, settings
@@ -340,8 +347,7 @@ def evaluate_model_file(
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used. With
     training's ``seed`` and ``val_fraction``, the images are split as training recorded it
-    (:func:`~medgmae.twod.classification_split.evaluation_splits`: images added since are in neither split but in
-    ``"all"``; a folder other than training's is evaluated whole, whichever ``split``).
+    (:func:`~medgmae.twod.classification_split.evaluation_splits`: added images only in ``"all"``; another folder whole).
     NIfTI/DICOM images are read with the ``window`` given, else training's, else each by its own (:func:`_evaluated_split`,
     :func:`~medgmae.twod.windows.input_window`); ``metrics.json`` records it (``data.window``, ``data.window_source``).
 
@@ -377,7 +383,7 @@ def evaluate_model_file(
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
     given = dict(dataset_dir=as_path_text(dataset_dir), seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     data, recorded, splits = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
-    items, used, settings = _evaluated_split(data, splits, split, model_path, recorded, window)
+    items, used, settings = _evaluated_split(data, splits, split, model_path, recorded, window, model.data_settings)
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=used), batch_size=batch_size, shuffle=False)
     record = {"split": split, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)
