@@ -290,3 +290,39 @@ def test_a_dataset_of_other_classes_is_refused_as_the_users_input(tmp_path):
     (other / "a").rename(other / "zebra")
     with pytest.raises(InputRefusal, match=r"dataset folder .*other has class 'zebra', which the model does not know: it was trained on classes \['a', 'b'\]$"):
         evaluate_model_file(run / "model.pt", other, run / "eval", **EVAL)
+
+
+def test_another_folder_is_evaluated_whole_and_all_means_every_image(tmp_path, caplog):
+    """An external test set whose file names happen to match some of training's (``2.png`` and ``3.png`` of each
+    class) is not split by training's record, which would keep only the matching names: every one of its images is
+    evaluated, whichever split, said in one line. On the training folder itself, grown since, "val" stays training's
+    and "all" is every image, the added ones too."""
+    run, root = tmp_path / "run", _classes(tmp_path / "classes")
+    data = resolve_classification_data(root, run / "data", image_size=16, seed=1, val_fraction=0.5)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    rng = np.random.default_rng(7)
+    for name in ("a", "b"):
+        (tmp_path / "external" / name).mkdir(parents=True)
+        for i in range(2, 7):
+            Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "external" / name / f"{i}.png")
+    with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
+        m = evaluate_model_file(run / "model.pt", tmp_path / "external", run / "ext", num_explanations=0, **EVAL)
+    assert m["split"] == "val" and m["num_images"] == 10
+    assert "is not the folder the model was trained on" in caplog.text and "every one of its 10 images" in caplog.text
+    assert "changed since training" not in caplog.text
+    for i in (4, 5):
+        Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / "a" / f"{i}.png")
+    assert evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=0, **EVAL)["num_images"] == 4
+    assert evaluate_model_file(run / "model.pt", None, run / "eval", split="all", num_explanations=0, **EVAL)["num_images"] == 10
+
+
+def test_an_empty_split_is_a_dataset_error_naming_the_folder(tmp_path):
+    """A split without images (training held none out: val_fraction 0) is refused as a dataset problem, which the
+    bundle prints in one line, naming the dataset and the split."""
+    from medgmae.data.datalist import DatasetError
+
+    run, root = tmp_path / "run", _classes(tmp_path / "classes")
+    data = resolve_classification_data(root, run / "data", image_size=16, val_fraction=0.0)
+    _model().save(run / "model.pt", class_names=data.class_names, data=data.settings)
+    with pytest.raises(DatasetError, match=r"the 'val' split of dataset .*classes has no images"):
+        evaluate_model_file(run / "model.pt", None, run / "eval", num_explanations=0, **EVAL)

@@ -110,6 +110,17 @@ def test_a_dataset_path_with_an_unexpanded_tilde_is_the_home_folder(tmp_path, mo
     assert not (tmp_path / "~").exists()
 
 
+def test_a_mixed_folder_gives_the_same_channels_for_every_seed(tmp_path, caplog):
+    """One colour image among grey ones: the model takes 3 channels whichever seed draws the split (it took the
+    channels of the first training image after the seeded shuffle, 1 or 3 by the seed), and the warning says why."""
+    root = _folder(tmp_path, n=4)
+    _write_png(root / "a" / "2.png", np.random.default_rng(1).integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING", logger="medgmae"):
+        found = {load_classification_data(root, val_fraction=0.5, seed=seed).channels for seed in range(6)}
+    assert found == {3}
+    assert "converted to 3 channels (colour, as the dataset holds colour images)" in caplog.text
+
+
 def test_image_folder_and_channels(tmp_path, caplog):
     root = _folder(tmp_path, rgb_first=True)
     with caplog.at_level("WARNING", logger="medgmae"):

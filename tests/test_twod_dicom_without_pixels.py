@@ -81,19 +81,25 @@ def test_dicom_files_without_pixel_data_are_skipped_and_named_by_every_folder_re
 
 
 def test_a_damaged_dicom_image_is_still_refused_by_name(tmp_path):
-    """A DICOM image whose pixel data is cut short, or whose header ends before it, is still listed as an image and
-    refused by name when read (not skipped as a file without pixel data)."""
+    """A DICOM image whose pixel data is cut short, whose header ends before it, or that is cut off inside its header
+    (``head -c``: before its pixel module, only its image SOP class left to tell it from a DICOMDIR or a report) is
+    still listed as an image and refused by name when read, as a truncated image (not skipped as a file without
+    pixel data)."""
     _write_slice(tmp_path / "cut.dcm", size=64)
     data = (tmp_path / "cut.dcm").read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[:-100])
+    (tmp_path / "head.dcm").write_bytes(data[: data.index(b"\x28\x00\x02\x00")])  # cut before (0028,0002)
     ds = _dataset(CTImageStorage)
     ds.Rows, ds.Columns = 4, 4  # an image's header without its pixels
     ds.save_as(tmp_path / "IM0009", enforce_file_format=True)
     items = image_folder_items(tmp_path, log=False)
-    assert len(items) == 2
-    with pytest.raises(ValueError, match=r"2 unreadable images") as e:
+    assert len(items) == 3
+    with pytest.raises(ValueError, match=r"3 unreadable images") as e:
         image_channels([p["image"] for p in items], str(tmp_path))
-    assert "cut.dcm: not a readable DICOM image" in str(e.value) and "IM0009: not a readable DICOM image" in str(e.value)
+    assert "cut.dcm: not a readable DICOM image" in str(e.value)
+    for name in ("head.dcm", "IM0009"):
+        assert f"{name}: a truncated DICOM image (CT Image Storage): its header describes an image but the file ends " \
+               "before its pixel data" in str(e.value)
 
 
 @pytest.mark.parametrize("write", [_write_dicomdir, _write_text_report])

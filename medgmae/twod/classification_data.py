@@ -60,7 +60,8 @@ class ClassificationData:
         train: ``[{"image": path, "label": int}]`` training items.
         val: validation items of the same form.
         class_names: class index -> name.
-        channels: 1 or 3, the first training image's (or the model's, given to :func:`load_classification_data`).
+        channels: 1 or 3: 3 when any image of the dataset is colour (or the model's, given to
+            :func:`load_classification_data`).
         source: the dataset folder or CSV.
         counts: images per class and split.
         seeded_split: the split was drawn by the seed (class folders, a CSV without a ``split`` column), not fixed
@@ -172,7 +173,7 @@ def load_classification_data(
         seed: seed of the stratified split.
         check_images: decode every image once now, so that a corrupt file fails before training.
         channels: the channel count every image is converted to, a trained model's (evaluation); ``None``: the
-            first training image's (training).
+            dataset's (training): 3 when any of its images is colour, whatever the split (and so the seed).
         class_names: a trained model's classes (its evaluation): the dataset's labels are mapped onto its class
             indices by name, and may be a part of them (one class, even); ``None``: the dataset's own (training),
             two at least.
@@ -210,18 +211,26 @@ def load_classification_data(
     if not train:
         raise DatasetError(f"dataset {path}: no training images after the split")
     found = image_channels([it["image"] for it in train + val], f"dataset {path}") if check_images else {}
-    used = channels or found.get(train[0]["image"]) or read_image(train[0]["image"]).shape[0]
-    whose = "the model's" if channels else "the first training image's"
+    used = channels or _dataset_channels(train + val, found)
+    whose = "the model's" if channels else "colour, as the dataset holds colour images"
     _warn_if_channels_mixed(train + val, found, classes, used, path, whose)
     counts = {"train": dict(Counter(classes[it["label"]] for it in train)), "val": dict(Counter(classes[it["label"]] for it in val))}
     return ClassificationData(train, val, list(classes), int(used), str(path), counts, seeded_split=seeded)
+
+
+def _dataset_channels(items: list[dict], found: dict) -> int:
+    """The channels a model trained on ``items`` takes, whatever the split (so whatever the seed): 3 when any image
+    is colour, else 1 (``found``: each image's channels; without them, the first image by path's)."""
+    if found:
+        return 3 if max(found.values()) > 1 else 1
+    return 3 if read_image(min(it["image"] for it in items)).shape[0] > 1 else 1
 
 
 def _warn_if_channels_mixed(
     items: list[dict], channels: dict, classes: Sequence[str], used: int, path, whose: str
 ) -> None:
     """Warn when the images have different channel counts (grey and colour): all are converted to ``used`` channels
-    (``whose``: the first training image's, or the model's), and when classes differ in it the model can learn the
+    (``whose``: colour, as some are, or the model's), and when classes differ in it the model can learn the
     colour instead of the content."""
     per_class: dict = {}
     for it in items:

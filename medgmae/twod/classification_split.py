@@ -5,7 +5,8 @@ shuffle (:func:`stratified_split`). That split depends on the files present: ima
 training would move some of training's images into validation, and an evaluation "on the recorded split" would
 then score images the model was trained on. So training records each split's files (:func:`split_record`: paths
 relative to the dataset's folder, so a dataset moved as a whole still matches) and evaluation keeps to that record
-(:func:`apply_recorded_split`), naming what changed.
+(:func:`apply_recorded_split`), naming what changed. The record is training's folder's: another folder (an external
+test set whose file names may happen to match training's) is evaluated whole (:func:`evaluation_splits`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Mapping
 
 from medgmae.words import plural
 
-__all__ = ["stratified_split", "split_record", "apply_recorded_split", "without_split_files"]
+__all__ = ["stratified_split", "split_record", "apply_recorded_split", "evaluation_splits", "without_split_files"]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -105,8 +106,46 @@ def apply_recorded_split(
                    "differs from training's, so training's split is kept as its model file records it (%d training, "
                    "%s here)%s", source, plural(added, "image"), missing,
                    "" if added or missing else "; classes changed", len(train), plural(len(val), "validation image"),
-                   "; the added images are in neither split" if added else "")  # fmt: skip
+                   "; the added images are in neither split (--split all evaluates them)" if added else "")  # fmt: skip
     return train, val
+
+
+def _trained_folder(recorded: Mapping) -> str:
+    """The folder (or CSV) ``recorded`` data settings name: ``dataset_dir``, or the phantom task's ``default_root``."""
+    return str(recorded.get("dataset_dir") or recorded.get("default_root") or "")
+
+
+def evaluation_splits(data, recorded: Mapping | None, keep_recorded: bool) -> dict[str, list[dict]]:
+    """The images each evaluation split means: ``{"train": [...], "val": [...], "all": [...]}``, ``"all"`` being
+    every image of the dataset.
+
+    With ``keep_recorded`` (training's seed and fraction, a seeded split), the dataset of the folder the model was
+    trained on (its resolved path as ``model.pt`` records it), or of a folder holding every image of training's record
+    (the dataset moved or copied as a whole), is split as training recorded it (:func:`apply_recorded_split`).
+    Another folder (an external test set) is not: each split is every one of its images, said in one logged line.
+
+    Args:
+        data: the :class:`~medgmae.twod.classification_data.ClassificationData` evaluated (its ``settings`` as
+            :func:`~medgmae.twod.classification_data.resolve_classification_data` sets them).
+        recorded: the model's recorded data settings (None for a model file that records none).
+        keep_recorded: training's split is to be kept where it applies.
+    """
+    everything = data.train + data.val
+    splits = {"train": data.train, "val": data.val, "all": everything}
+    files = (recorded or {}).get("split_files")
+    if not keep_recorded or not files:
+        return splits
+    trained, now = _trained_folder(recorded), _trained_folder(data.settings)
+    if trained and now and trained != now:
+        root = _root(data.source)
+        present = {_relative(it, root) for it in everything}
+        if not set(files.get("train") or ()) | set(files.get("val") or ()) <= present:
+            logger.info("dataset %s is not the folder the model was trained on (%s) and does not hold all of its "
+                        "images: training's split does not apply, every one of its %s is evaluated", data.source,
+                        trained, plural(len(everything), "image"))  # fmt: skip
+            return {key: everything for key in splits}
+    splits["train"], splits["val"] = apply_recorded_split(data.train, data.val, files, data.source)
+    return splits
 
 
 def without_split_files(settings: Mapping | None) -> dict | None:

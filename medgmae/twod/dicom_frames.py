@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_dicom_frame", "dicom_without_pixels", "NO_PIXELS"]
+__all__ = ["read_dicom_frame", "dicom_without_pixels", "describes_image", "NO_PIXELS"]
 
 #: Why a DICOM file without pixel data is not an image: a DICOMDIR (the directory record of a CD or PACS export),
 #: a structured report, a presentation state or a key object selection holds no pixels to show.
@@ -17,23 +17,40 @@ NO_PIXELS = "a DICOM file without pixel data (a directory record / report), not 
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
+#: Attributes of the image pixel module (group 0028): a header holding any describes an image.
+_IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+                         "BitsStored", "HighBit", "PixelRepresentation")  # fmt: skip
+
+
+def describes_image(ds: Any) -> bool:
+    """Whether a DICOM header (``ds``, read with or without its pixel data) describes an image: its SOP class is
+    an image storage class (``CT Image Storage``, ``Secondary Capture Image Storage``...: its name says ``Image
+    Storage``) or it holds an attribute of the image pixel module (``Rows``, ``PhotometricInterpretation``...). A
+    ``DICOMDIR``, a structured report or a presentation state does neither; an image's file cut off inside its
+    header (before ``Rows``) still names its SOP class."""
+    if any(k in ds for k in _IMAGE_PIXEL_KEYWORDS):
+        return True
+    uid = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID")
+    return "image storage" in str(getattr(uid, "name", "") or "").lower()
+
 
 def dicom_without_pixels(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a readable DICOM file that holds no pixel data (a ``DICOMDIR``, a structured report, a
     presentation state), from its header alone: the data set is read up to its pixel data
     (``stop_before_pixels``, long values skipped), and holds none when that reading ends at the end of the file
-    and it describes no image either (no ``Rows``).
+    and it describes no image either (:func:`describes_image`).
 
-    ``False`` for a file with pixel data, for an image's header cut before its pixels, and for a file whose header
-    cannot be read (not DICOM, or damaged): the reader (:func:`read_dicom_frame`) names its problem when it is
-    loaded.
+    ``False`` for a file with pixel data, for an image's file cut off before its pixels or inside its header (an
+    image's SOP class or pixel-module attributes, no pixel data: a truncated image, which the reader names as
+    such), and for a file whose header cannot be read (not DICOM, or damaged): the reader
+    (:func:`read_dicom_frame`) names its problem when it is loaded.
     """
     import pydicom
 
     try:
         with open(path, "rb") as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=1024)
-            return f.read(1) == b"" and "Rows" not in ds  # bytes left: reading stopped before pixel data
+            return f.read(1) == b"" and not describes_image(ds)  # bytes left: reading stopped before pixel data
     except Exception:  # pydicom raises several types for files that are not DICOM or are damaged
         return False
 
@@ -63,8 +80,11 @@ def read_dicom_frame(
         ds = pydicom.dcmread(str(path))
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError) as e:
         raise ValueError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
-    if not any(k in ds for k in _PIXEL_KEYWORDS) and "Rows" not in ds:  # not an image's header cut short
-        raise ValueError(f"{path}: {NO_PIXELS}{_sop_class_words(ds)}")
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        if not describes_image(ds):
+            raise ValueError(f"{path}: {NO_PIXELS}{_sop_class_words(ds)}")
+        raise ValueError(f"{path}: a truncated DICOM image{_sop_class_words(ds)}: its header describes an image "
+                         "but the file ends before its pixel data (cut off in copying or downloading?)")  # fmt: skip
     try:
         arr = ds.pixel_array.astype(np.float32)
     except (InvalidDicomError, AttributeError, KeyError, ValueError, OSError, TypeError, RuntimeError,

@@ -253,7 +253,7 @@ def _task_folder_held(root: str | Path, output_dir: Path, settings: Mapping, ima
 
 def _evaluation_data(
     model: torch.nn.Module, model_path: str | Path, given: Mapping, output_dir: Path, default_root: str | Path | None
-) -> tuple[ClassificationData, tuple[float, float] | None]:
+) -> tuple[ClassificationData, tuple[float, float] | None, dict[str, list[dict]]]:
     """The dataset a saved GViT is evaluated on (:func:`evaluation_data_settings`), checked against its classes.
 
     Args:
@@ -265,9 +265,10 @@ def _evaluation_data(
         default_root: where the default task lives when the model file does not say.
 
     Returns:
-        ``(data, window)``: the :class:`~medgmae.twod.classification_data.ClassificationData`, split as training
-        recorded it when its ``seed`` and ``val_fraction`` are kept, and training's intensity window (or ``None``;
-        how the images are scaled is the caller's to log, :func:`evaluate_model_file`).
+        ``(data, window, splits)``: the :class:`~medgmae.twod.classification_data.ClassificationData`, training's
+        intensity window (or ``None``; how the images are scaled is the caller's to log, :func:`evaluate_model_file`)
+        and the images of each split (:func:`~medgmae.twod.classification_split.evaluation_splits`: training's
+        recorded split when its ``seed`` and ``val_fraction`` are kept, on its folder; every image of another folder).
 
     Raises:
         DatasetError: training's recorded data are not found, or the dataset has a class the model does not know
@@ -276,7 +277,7 @@ def _evaluation_data(
             (:func:`_task_folder_held`).
     """
     from medgmae.twod.classification_data import resolve_classification_data
-    from medgmae.twod.classification_split import apply_recorded_split
+    from medgmae.twod.classification_split import evaluation_splits
 
     st = evaluation_data_settings(getattr(model, "data_settings", None), given)
     root = "" if st["dataset_dir"] else _phantom_root(st, default_root, output_dir, model.img_size[0])
@@ -291,29 +292,36 @@ def _evaluation_data(
                                            channels=model.in_channels, class_names=names, scaling_logged=True)  # fmt: skip
     if model.num_classes != data.num_classes:
         raise DatasetError(f"model {model_path} has {model.num_classes} classes but dataset {data.source} has {data.num_classes}")
-    if given["seed"] is None and given["val_fraction"] is None and data.seeded_split:  # training's seeded split, kept as recorded
-        recorded = (model.data_settings or {}).get("split_files")
-        data.train, data.val = apply_recorded_split(data.train, data.val, recorded, data.source)
-    return data, window
+    keep = given["seed"] is None and given["val_fraction"] is None and data.seeded_split  # training's seeded split
+    return data, window, evaluation_splits(data, model.data_settings, keep)
 
 
 def _evaluated_split(
-    data: ClassificationData, split: str, model_path: str | Path, recorded: tuple[float, float] | None, window
+    data: ClassificationData,
+    splits: Mapping,
+    split: str,
+    model_path: str | Path,
+    recorded: tuple[float, float] | None,
+    window,
+    model_data: Mapping | None = None,
 ) -> tuple[list[dict], tuple[float, float] | None, dict]:
-    """The images of ``split`` of ``data``, the window they are read with (:func:`~medgmae.twod.windows.input_window`:
+    """The images of ``split`` of ``data`` (``splits[split]``), the window they are read with (:func:`~medgmae.twod.windows.input_window`:
     the given ``window``, else the ``recorded`` one, else none; logged) and the ``data`` that ``metrics.json``
-    records: the data settings, ``source``, ``window`` (``[low, high]`` or ``None``) and ``window_source``.
+    records: the data settings, ``source``, ``window`` (``[low, high]`` or ``None``) and ``window_source``
+    (``model_data``: the data settings the model records, which tell how training scaled its images).
 
     Raises:
-        ValueError: the split holds no images, or a bad ``window`` (named).
+        DatasetError: the split holds no images (its folder and the split named).
+        ValueError: a bad ``window`` (named).
     """
     from medgmae.twod.classification_split import without_split_files
 
-    items = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
+    items = splits[split]
     if not items:
-        raise ValueError(f"the {split!r} split of dataset {data.source} has no images")
+        raise DatasetError(f"the {split!r} split of dataset {data.source} has no images: evaluate another --split "
+                           "(all: every image)")  # fmt: skip
     used, origin = input_window(window, recorded, model_path, sum(is_windowed(it["image"]) for it in items),
-                                f"the images of the {split!r} split of dataset {data.source}")  # fmt: skip
+                                f"the images of the {split!r} split of dataset {data.source}", model_data)  # fmt: skip
     settings = {**without_split_files(data.settings), "source": data.source,
                 "window": None if used is None else list(used), "window_source": origin}  # fmt: skip
     return items, used, settings
@@ -339,7 +347,7 @@ def evaluate_model_file(
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used. With
     training's ``seed`` and ``val_fraction``, the images are split as training recorded it
-    (:func:`~medgmae.twod.classification_split.apply_recorded_split`: images added since are in neither split).
+    (:func:`~medgmae.twod.classification_split.evaluation_splits`: added images only in ``"all"``; another folder whole).
     NIfTI/DICOM images are read with the ``window`` given, else training's, else each by its own (:func:`_evaluated_split`,
     :func:`~medgmae.twod.windows.input_window`); ``metrics.json`` records it (``data.window``, ``data.window_source``).
 
@@ -374,8 +382,8 @@ def evaluate_model_file(
     dev = resolve_device(device)
     model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
     given = dict(dataset_dir=as_path_text(dataset_dir), seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
-    data, recorded = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
-    items, used, settings = _evaluated_split(data, split, model_path, recorded, window)
+    data, recorded, splits = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
+    items, used, settings = _evaluated_split(data, splits, split, model_path, recorded, window, model.data_settings)
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=used), batch_size=batch_size, shuffle=False)
     record = {"split": split, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)

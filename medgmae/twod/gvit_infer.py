@@ -173,7 +173,8 @@ def classify_images(
     dev = resolve_device(device)
     model = load_inference_model(model_path, dev)
     recorded = recorded_window(getattr(model, "data_settings", None), model_path)
-    used, origin = input_window(window, recorded, model_path, sum(map(is_windowed, paths)), "inference inputs")
+    used, origin = input_window(window, recorded, model_path, sum(map(is_windowed, paths)), "inference inputs",
+                                getattr(model, "data_settings", None))  # fmt: skip
     x, slices, windows = _read_all(paths, model, used, origin)
     probs = torch.cat([torch.softmax(model(x[i : i + batch_size].to(dev)).float(), -1).cpu()
                        for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip

@@ -92,28 +92,49 @@ def recorded_window(data_settings: Mapping | None, source: str | os.PathLike) ->
         raise ValueError(f"{source}: the recorded training window is unusable ({e})") from None
 
 
-def no_window_note(model_path: str | os.PathLike, count: int) -> str:
-    """The line GViT inference and evaluation log when ``count`` NIfTI/DICOM inputs meet a model file that records
-    no window: each is scaled on its own, not as the model's training images were; ``""`` when ``count`` is 0.
+def no_window_note(model_path: str | os.PathLike, count: int, data_settings: Mapping | None = None) -> tuple[int, str]:
+    """The line (and its logging level) GViT inference and evaluation log when ``count`` NIfTI/DICOM inputs meet a
+    model file that records no window; ``(logging.INFO, "")`` when ``count`` is 0.
+
+    What it says follows what training did (``data_settings``, the model's recorded data settings): a model trained
+    on a dataset with window null scaled each of its NIfTI/DICOM images on its own, as the inputs are now (an INFO
+    line says both do); one trained on the default task before its window was recorded saw PNGs written at -500..500
+    HU (a warning suggests ``--window "[-500, 500]"``); for a file recording no data, training's scaling is unknown (a
+    warning suggests giving it).
 
     Args:
         model_path: the model file.
         count: the NIfTI/DICOM images among the inputs.
+        data_settings: the data settings the model records (``None``: none recorded).
 
     Returns:
-        The line, or ``""``.
+        ``(level, line)``.
     """
     if count < 1:
-        return ""
+        return logging.INFO, ""
     images = "1 NIfTI/DICOM image is" if count == 1 else f"{count} NIfTI/DICOM images are"
-    return (f"{model_path} records no intensity window (trained with window null, or written before the window was "
-            f"recorded): {images} scaled each by its own DICOM window or 0.5/99.5 percentiles, not as the training "
-            "images were; give the window they were scaled at with --window \"[low, high]\" (HU for CT), or retrain "
-            "with one (e.g. --window \"[-1000, 1000]\")")
+    own = f"{images} scaled each by its own DICOM window or 0.5/99.5 percentiles"
+    data = dict(data_settings or {})
+    if data.get("dataset_dir"):
+        return logging.INFO, (f"{model_path} records no intensity window (trained with window null): {own}, as "
+                              "training scaled its NIfTI/DICOM images; --window \"[low, high]\" maps them at a "
+                              "fixed window instead (HU for CT)")  # fmt: skip
+    if data:  # the default task, before its window was recorded (0.3.5)
+        return logging.WARNING, (f"{model_path} records no intensity window (written before the window was recorded): "
+                                 f"{own}, while its training slices (the default task) were PNGs written at -500..500 "
+                                 "HU; give that window with --window \"[-500, 500]\"")  # fmt: skip
+    return logging.WARNING, (f"{model_path} records no intensity window nor training data: {own}, which may not be how "
+                             "the training images were scaled; give the window they were scaled at with --window "
+                             "\"[low, high]\" (HU for CT)")  # fmt: skip
 
 
 def input_window(
-    window: Any, recorded: tuple[float, float] | None, model_path: str | os.PathLike, count: int, where: str
+    window: Any,
+    recorded: tuple[float, float] | None,
+    model_path: str | os.PathLike,
+    count: int,
+    where: str,
+    data_settings: Mapping | None = None,
 ) -> tuple[tuple[float, float] | None, str]:
     """The window GViT inference and evaluation read their NIfTI/DICOM inputs with, and where it came from; the
     choice is logged.
@@ -130,6 +151,7 @@ def input_window(
         model_path: the model file, as the messages name it.
         count: the NIfTI/DICOM images among the inputs.
         where: the inputs, as the messages name them (``"inference inputs"``).
+        data_settings: the model's recorded data settings, for :func:`no_window_note`.
 
     Returns:
         ``(low, high)`` or ``None``, and its origin: ``"given"``, ``"recorded in <model_path>"``, ``"none: each
@@ -141,8 +163,9 @@ def input_window(
     given = given_window(window)
     if given is None:
         if recorded is None:
-            if note := no_window_note(model_path, count):
-                logger.warning(note)
+            level, note = no_window_note(model_path, count, data_settings)
+            if note:
+                logger.log(level, note)
             return None, "none: each image's own DICOM window or 0.5/99.5 percentiles"
         if count:
             logger.info("%s: %d NIfTI/DICOM images mapped from the window %g..%g recorded in %s to 0..1 (clipped)",
