@@ -266,7 +266,12 @@ def test_resume_is_checked_before_a_trainer_is_built(tmp_path):
     del saved["loader"]
     torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
     with pytest.raises(ValueError, match=r"\(3 per epoch\), but this run has 2 iterations per epoch \(batch size 3\): "
-                                         r"the batch size, the number of training cases or the samples per case changed"):
+                                         r"the number of training cases or images, or the samples per case, changed\. "):
+        check_resume_fits(tmp_path, loader(3), max_epochs=4)
+    saved["loader"] = {"batch_size": 3, "world_size": 1}  # the same batch size: more images or cases, not it
+    torch.save(saved, tmp_path / "checkpoint_epoch=2.pt")
+    with pytest.raises(ValueError, match=r"the number of training cases or images, or the samples per case, changed "
+                                         r"\(the batch size, 3, did not\)"):
         check_resume_fits(tmp_path, loader(3), max_epochs=4)
 
 

@@ -177,8 +177,7 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
         current_loader: this run's :func:`loader_record`.
 
     Raises:
-        ValueError: naming both epoch lengths and, where known, both batch sizes, or both numbers of training
-            processes when they differ.
+        ValueError: naming both epoch lengths and, where known, both batch sizes or both process counts.
     """
     epoch, iteration = int(engine["epoch"]), int(engine["iteration"])
     epoch_length = current_loader.get("epoch_length")
@@ -195,8 +194,9 @@ def check_epoch_length(path: Path, engine: Mapping, saved_loader: Mapping | None
         settings += f", --batch_size {old})" if old is not None and new is not None and old != new else ")"
     elif old is not None and new is not None and old != new:
         cause, settings = f"the batch size changed from {old} to {new}", f" (--batch_size {old})"
-    else:
-        cause, settings = "the batch size, the number of training cases or the samples per case changed", ""
+    else:  # the items an epoch draws: cases (3D), images (2D), or crops of each
+        same = f" (the batch size, {old}, did not)" if old is not None and old == new else ""
+        cause, settings = f"the number of training cases or images, or the samples per case, changed{same}", ""
     raise ResumeRefused(
         f"checkpoint {path} is at epoch {epoch} after {iteration} iterations ({then}), but this run has {now}: "
         f"{cause}. Resume with the settings of the interrupted run{settings}, or start a new output folder"
