@@ -208,3 +208,32 @@ def test_evaluation_flags_a_model_predicting_one_class_for_every_image(tmp_path,
     flagged = [r.getMessage() for r in caplog.records if "degenerate" in r.getMessage()]
     assert flagged == (["the model predicts 'b' for every one of the 4 images evaluated, of 3 classes: a degenerate "
                         "classifier (metrics.json: predicted_classes 1)"] if warned else [])
+
+
+def test_evaluation_writes_each_image_prediction_beside_its_true_class(tmp_path):
+    """``predictions.csv``: one row per image in the loader's order, its file (empty for an image made in memory),
+    true and predicted class, each class's probability (softmax of one-hot logits: e / (e + 2) for the predicted
+    one, 1 / (e + 2) for the others, by hand) and whether it is right; the accuracy of its rows is metrics.json's."""
+    import csv
+    import math
+
+    from monai.data import DataLoader
+
+    from medgmae.twod.gvit_eval import evaluate_gvit
+
+    items = _images([0, 1, 2, 0])
+    for i, item in enumerate(items[:3]):
+        item["path"] = f"/data/class/{i}.png"
+    items[3]["path"] = torch.zeros(1)  # an image without a file
+    metrics = evaluate_gvit(_FixedClass(1), DataLoader(items, batch_size=3), ["a", "b", "c"], tmp_path, num_explanations=0)
+    with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "true_class", "predicted_class", "probability_a", "probability_b",
+                             "probability_c", "correct"]  # fmt: skip
+    assert [r["image"] for r in rows] == ["/data/class/0.png", "/data/class/1.png", "/data/class/2.png", ""]
+    assert [(r["true_class"], r["predicted_class"], r["correct"]) for r in rows] == [
+        ("a", "b", "false"), ("b", "b", "true"), ("c", "b", "false"), ("a", "b", "false")]
+    high, low = math.e / (math.e + 2), 1 / (math.e + 2)
+    for r in rows:
+        assert [float(r[f"probability_{n}"]) for n in "abc"] == pytest.approx([low, high, low], abs=1e-6)
+    assert sum(r["correct"] == "true" for r in rows) / len(rows) == metrics["accuracy"]

@@ -11,6 +11,8 @@
   (:func:`medgmae.software.software_versions`), or the one its caller's record names (a training run's: the
   software its run started with, beside the ``resumes`` of a resumed run,
   :class:`~medgmae.engine.start_record.StartRecord`);
+* ``predictions.csv``: one row per image evaluated, its file, true class, predicted class, each class's
+  probability and whether it is right (:mod:`medgmae.twod.gvit_predictions`, the table inference writes too);
 * ``confusion_matrix.png``;
 * ``explanations/<n>_<source>_<true>_pred-<predicted>.png`` (``<source>``: the image file's name without its
   endings, after its folders below its class folder, ``p1-IM0001``; absent for images without a file; a name over
@@ -40,6 +42,7 @@ from medgmae.data.datalist import DatasetError
 from medgmae.files import save_json_atomic, staged_outputs
 from medgmae.software import software_versions
 from medgmae.twod.gvit import Gaussians2D
+from medgmae.twod.gvit_predictions import PREDICTIONS_CSV, predict_loader, write_predictions
 from medgmae.twod.gvit_figures import explanation_name, save_confusion_matrix_png, save_explanation_png
 from medgmae.twod.images import is_windowed
 from medgmae.twod.windows import given_window, input_window, recorded_window
@@ -59,18 +62,10 @@ __all__ = [
 
 logger = logging.getLogger("medgmae.gvit")
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, predictions)`` of ``model`` over ``loader`` (eval mode)."""
-    model.eval()
-    labels, preds = [], []
-    for batch in loader:
-        x = batch["image"].to(device)
-        preds.append(model(x).argmax(-1).cpu())
-        labels.append(torch.as_tensor(batch["label"]).view(-1).cpu())
-    if not labels:
-        raise ValueError("evaluation data is empty")
-    return torch.cat(labels).numpy(), torch.cat(preds).numpy()
+    """``(labels, predictions)`` of ``model`` over ``loader`` (eval mode; :func:`predict_loader`)."""
+    labels, probs, _ = predict_loader(model, loader, device)
+    return labels, probs.argmax(-1)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -125,7 +120,8 @@ def evaluate_gvit(
     output_dir = Path(output_dir)
     if num_explanations < 0:
         num_explanations = len(loader.dataset) if hasattr(loader, "dataset") else float("inf")
-    labels, preds = predict(model, loader, device)
+    labels, probs, paths = predict_loader(model, loader, device)
+    preds = probs.argmax(-1)
     metrics = classification_metrics(labels, preds, class_names)
     present = int(np.count_nonzero(np.asarray(metrics["confusion_matrix"]).sum(1)))
     if metrics["predicted_classes"] == 1 and present > 1:
@@ -133,8 +129,11 @@ def evaluate_gvit(
                        "classifier (metrics.json: predicted_classes 1)", class_names[int(preds[0])], len(preds), present)  # fmt: skip
     with staged_outputs(output_dir / "explanations", remove_stale=True) as staging:
         written = _write_explanations(model, loader, class_names, staging, device, num_explanations, render_backend)
-    # the picture and the metrics last, one after the other: an evaluation stopped while explaining leaves the
-    # earlier evaluation's three outputs as they were, not a confusion matrix of this one beside its metrics
+    # the table, the picture and the metrics last, one after the other: an evaluation stopped while explaining
+    # leaves the earlier evaluation's outputs as they were, not a confusion matrix of this one beside its metrics
+    trues = [class_names[int(i)] for i in labels]
+    write_predictions(output_dir / PREDICTIONS_CSV, paths, probs, class_names, before=[("true_class", trues)],
+                      after=[("correct", [str(bool(t == p)).lower() for t, p in zip(labels, preds)])])  # fmt: skip
     save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), class_names, output_dir / "confusion_matrix.png")
     metrics["explanations"] = written
     metrics.update(dict(record or {}))

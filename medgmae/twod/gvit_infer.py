@@ -19,7 +19,6 @@ closing line counts the volumes and multi-frame files. The ``gvit_classification
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 
 from medgmae.data.datalist import DatasetError
-from medgmae.files import atomic_write, given_more_than_once
+from medgmae.files import given_more_than_once
 from medgmae.file_patterns import expand_input_patterns
+from medgmae.twod.gvit_predictions import PREDICTIONS_CSV, write_predictions
 from medgmae.twod.data2d import listed_files, no_images_message, several_slices_notes, skipped_files_note
 from medgmae.twod.images import is_windowed, read_image_source, slice_text, to_model_input
 from medgmae.twod.picture_range import warn_if_picture_range_narrow
@@ -178,15 +178,12 @@ def classify_images(
     x, slices, windows = _read_all(paths, model, used, origin)
     probs = torch.cat([torch.softmax(model(x[i : i + batch_size].to(dev)).float(), -1).cpu()
                        for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip
-    names, out = model.class_names, Path(output_dir) / "predictions.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "slice", "predicted_class", *(f"probability_{n}" for n in names), "window"])
-        for path, which, used_window, p in zip(paths, slices, windows, probs):
-            best = int(np.argmax(p))
-            writer.writerow([str(path), which, names[best], *(f"{v:.6f}" for v in p), used_window])
-            logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
+    names = model.class_names
+    out = write_predictions(Path(output_dir) / PREDICTIONS_CSV, paths, probs, names, before=[("slice", slices)],
+                            after=[("window", windows)])  # fmt: skip
+    for path, which, p in zip(paths, slices, probs):
+        best = int(np.argmax(p))
+        logger.info("%s%s: %s (probability %.3f)", path, f", {which}" if which else "", names[best], p[best])
     note = "".join(f"; {n}" for n in several_slices_notes(paths))
     logger.info("%s classified by %s: %s%s", plural(len(paths), "image"), model_path, out, note)
     return out

@@ -95,6 +95,7 @@ def _summary_record(m: Mapping, results: Path, run: Path, explanations: list[Pat
         "files": {
             "model": str(absolute_path(m["model"])) if stage == "evaluation" and m.get("model") else str(run / "model.pt"),
             "metrics": str(results / "metrics.json"),
+            "predictions": str(results / "predictions.csv"),
             "confusion_matrix": str(results / "confusion_matrix.png"),
             "explanations": str(results / "explanations"),
             "checkpoints": str(run / "checkpoints"),

@@ -59,7 +59,7 @@ logger = logging.getLogger("medgmae.gvit")
 
 #: a run's results in its folder (:func:`~medgmae.twod.gvit_eval.evaluate_gvit`, :func:`~medgmae.twod.gvit_summary.
 #: gvit_summary`), made stale by training
-RESULT_FILES = ("model.pt", "metrics.json", "summary.json", "confusion_matrix.png", "explanations/*.png")
+RESULT_FILES = ("model.pt", "metrics.json", "summary.json", "predictions.csv", "confusion_matrix.png", "explanations/*.png")
 
 
 def build_phase_trainer(
