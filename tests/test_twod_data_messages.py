@@ -217,3 +217,26 @@ def test_a_broken_link_in_an_image_folder_is_named_not_passed_over(tmp_path):
     assert [p["image"] for p in image_folder_items(folder, log=False)] == [str(folder / "a.png"), str(folder / "b.png")]
     with pytest.raises(ValueError, match=r"image not found: .*b\.png \(a link to .*unmounted/b\.png, which does not exist\)"):
         gmae2d_dataset(folder, image_size=(16, 16), log=False)
+
+
+def test_a_2d_gmae_folder_mixing_grey_and_colour_images_is_warned_of(tmp_path, caplog):
+    """Two grey PNGs (8- and 16-bit), an RGB and an RGBA one: one warning counting 2 grey and 2 colour images and
+    naming the channels every image is converted to; a folder of one kind: none."""
+    from medgmae.twod.data2d import gmae2d_dataset
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(tmp_path / "g1.png")
+    Image.fromarray(rng.integers(0, 65535, (12, 12)).astype(np.uint16)).save(tmp_path / "g2.png")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "c1.png")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 4), dtype=np.uint8)).save(tmp_path / "c2.png")
+    with caplog.at_level(logging.WARNING):
+        assert len(gmae2d_dataset(tmp_path, image_size=(8, 8), in_channels=3)) == 4
+    said = [r.getMessage() for r in caplog.records if "mixes grey and colour" in r.getMessage()]
+    assert said == [f"dataset_dir {tmp_path} mixes grey and colour images (2 grey, 2 colour): every image is "
+                    "converted to 3 channels (--in_channels 3)"]
+    caplog.clear()
+    for name in ("c1.png", "c2.png"):
+        (tmp_path / name).unlink()
+    with caplog.at_level(logging.WARNING):
+        gmae2d_dataset(tmp_path, image_size=(8, 8), in_channels=1)
+    assert not [r for r in caplog.records if "mixes grey and colour" in r.getMessage()]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
@@ -294,12 +295,15 @@ class LoadImage2Dd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.image_size = tuple(int(s) for s in image_size)
         self.channels, self.window = int(channels), window_setting(window)
+        self.file_channels: Counter = Counter()  # the channels of the files read, before conversion
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
             arr = read_image(value, window=self.window) if isinstance(value, (str, os.PathLike)) else value
+            if isinstance(value, (str, os.PathLike)):
+                self.file_channels[int(arr.shape[0])] += 1
             d[key] = to_model_input(arr, self.channels, self.image_size)[0]
         return d
 
@@ -349,15 +353,23 @@ def gmae2d_dataset(
             logger.info("phantom slices mapped from the window %g..%g HU to 0..1 (clipped)", *hu)
         slices = phantom_slices(num_phantom_cases, slices_per_case, size, seed, window=hu, in_channels=in_channels)
         items = [{"image": it["image"]} for it in slices]
+    load = LoadImage2Dd("image", size, in_channels, window)
     transforms = [
-        LoadImage2Dd("image", size, in_channels, window),
+        load,
         SelectItemsd(keys="image"),
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
     ]
     if flip:
         transforms.append(RandFlipd(keys="image", prob=0.5, spatial_axis=1))
     pipeline = Compose(transforms)
-    return _cached_dataset(items, pipeline, dataset_dir) if cache else Dataset(items, pipeline)
+    if not cache:
+        return Dataset(items, pipeline)
+    dataset = _cached_dataset(items, pipeline, dataset_dir)  # every file read now: their channels counted
+    grey, colour = load.file_channels[1], sum(n for c, n in load.file_channels.items() if c > 1)
+    if log and grey and colour:
+        logger.warning("dataset_dir %s mixes grey and colour images (%d grey, %d colour): every image is converted to "
+                       "%s (--in_channels %d)", dataset_dir, grey, colour, plural(in_channels, "channel"), in_channels)  # fmt: skip
+    return dataset
 
 
 def _cached_dataset(items: list[dict], pipeline: Compose, dataset_dir: str) -> CacheDataset:
