@@ -241,6 +241,21 @@ def test_csv_lists_and_errors(tmp_path):
         assert name in str(info.value)
 
 
+def test_class_folders_that_differ_only_in_case_are_warned_about(tmp_path, caplog):
+    """Class folders 'Liver' and 'liver' are two classes (a file system that tells case apart keeps both): the log
+    says so, as for a CSV's labels; 'a' and 'b' alone: nothing."""
+    root = _folder(tmp_path, classes=("Liver", "liver", "spleen"), n=1)
+    with caplog.at_level("WARNING", logger="medgmae"):
+        _, classes = scan_image_folder(root)
+    if len(classes) == 3:  # a case-insensitive file system holds one folder of the two
+        assert f"dataset folder {root}: class folders that differ only in case are classes of their own: 'Liver' / " \
+               "'liver'; write each class one way if they are one" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medgmae"):
+        scan_image_folder(_folder(tmp_path / "plain"))
+    assert "differ only in case" not in caplog.text
+
+
 def test_csv_labels_that_differ_only_in_case_are_warned_about(tmp_path, caplog):
     """'Disk' and 'disk' are two classes (labels are kept as written), which a typo makes: the log says so."""
     root = _folder(tmp_path)

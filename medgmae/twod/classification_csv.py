@@ -23,7 +23,7 @@ from medgmae.files import absolute_path
 from medgmae.twod.classification_split import stratified_split
 from medgmae.words import label_text
 
-__all__ = ["read_csv_list", "csv_split", "require_classes", "indexed_classes"]
+__all__ = ["read_csv_list", "csv_split", "require_classes", "indexed_classes", "warn_if_classes_differ_in_case"]
 
 logger = logging.getLogger("medgmae.gvit")
 
@@ -140,22 +140,28 @@ def read_csv_list(csv_path: str | Path, known: Sequence[str] | None = None) -> t
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DatasetError(f"CSV file {csv_path}, " + "; ".join(problems[:10]) + more)
     classes = sorted({label for _, label, _, _ in parsed})
-    _warn_if_labels_differ_in_case(classes, csv_path)
+    warn_if_classes_differ_in_case(classes, f"CSV file {csv_path}", "labels")
     classes = indexed_classes(classes, f"CSV file {csv_path}", known)
     index = {c: i for i, c in enumerate(classes)}
     return [{"image": p, "label": index[c], **({"split": s} if s else {})} for p, c, s, _ in parsed], classes
 
 
-def _warn_if_labels_differ_in_case(classes: Sequence[str], csv_path: Path) -> None:
-    """Warn when labels of a CSV differ only in case (``Liver``, ``liver``): each is a class of its own, which is
-    seldom meant (a typo splits a class in two)."""
+def warn_if_classes_differ_in_case(classes: Sequence[str], source: str, what: str) -> None:
+    """Warn when class names differ only in case (``Liver``, ``liver``): each is a class of its own, which is
+    seldom meant (a typo splits a class in two).
+
+    Args:
+        classes: the class names.
+        source: where they come from, as the warning names it (``"CSV file labels.csv"``).
+        what: what they are there (``"labels"``, ``"class folders"``).
+    """
     folded: dict[str, list[str]] = {}
     for name in classes:
         folded.setdefault(name.casefold(), []).append(name)
     alike = [" / ".join(map(repr, names)) for names in folded.values() if len(names) > 1]
     if alike:
-        logger.warning("CSV file %s: labels that differ only in case are classes of their own: %s; write each class "
-                       "one way if they are one", csv_path, "; ".join(alike))  # fmt: skip
+        logger.warning("%s: %s that differ only in case are classes of their own: %s; write each class one way if "
+                       "they are one", source, what, "; ".join(alike))  # fmt: skip
 
 
 def _listed_twice(parsed: Sequence[tuple[str, str, str, int]]) -> list[str]:

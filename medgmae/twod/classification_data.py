@@ -30,7 +30,7 @@ from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
 from medgmae.cli_types import as_path_text
 from medgmae.data.datalist import DatasetError
-from medgmae.twod.classification_csv import csv_split, indexed_classes, read_csv_list
+from medgmae.twod.classification_csv import csv_split, indexed_classes, read_csv_list, warn_if_classes_differ_in_case
 from medgmae.twod.classification_split import split_record, stratified_split
 from medgmae.twod.data2d import LoadImage2Dd, image_channels, listed_files, log_intensity_scaling, no_images_message, skipped_files_note
 from medgmae.twod.gvit_augment import gvit_augmentation
@@ -112,6 +112,7 @@ def scan_image_folder(root: str | Path, known: Sequence[str] | None = None) -> t
         raise DatasetError(f"dataset folder {root} {what}: expected one sub-folder of images per class (root/<class>/<image>)")
     # NFC names, one class per name (a folder copied from macOS, NFD, beside one named on Linux, NFC: one class)
     names = indexed_classes(list(dict.fromkeys(label_text(c) for c in classes)), f"dataset folder {root}", known)
+    warn_if_classes_differ_in_case(names, f"dataset folder {root}", "class folders")
     indices = [names.index(label_text(c)) for c in classes]
     items, empty, empty_left_out = [], [], []
     for idx, name in zip(indices, classes):
