@@ -213,3 +213,20 @@ def test_refused_images_are_printed_alone_as_the_users_input(trained, tmp_path):
     said = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in said, said[-3000:]
     assert f"error: DatasetError: 1 image cannot be read, nothing was written:\n  {broken}: not a readable image" in said
+
+
+def test_a_folder_given_as_images_or_a_file_as_image_dir_is_refused_saying_which_flag(tmp_path, monkeypatch):
+    """A folder among ``--images`` is refused pointing to ``--image_dir``; an image file as ``--image_dir``, to
+    ``--images``; a missing ``--image_dir`` is said to be missing."""
+    from medgmae.twod.gvit_infer import inference_images
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "a.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^--images lists 1 folder \(imgs\): give image files there, and a folder of "
+                                         r"images as --image_dir FOLDER$"):
+        inference_images(["a.png", "imgs"], None)
+    with pytest.raises(ValueError, match=r"^--image_dir a\.png: a file, not a folder: give it with --images$"):
+        inference_images(None, "a.png")
+    with pytest.raises(ValueError, match=r"^--image_dir gone: not found$"):
+        inference_images(None, "gone")

@@ -63,10 +63,15 @@ def inference_images(images: str | int | Sequence[str | int] | None, image_dir: 
     # one path or a list; a bare number is a file name (a DICOM export's "1"), which the command line reads as an int
     listed = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
     paths = [Path(p) for p in expand_input_patterns([str(p) for p in listed if str(p).strip()], "--images")]
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:  # a folder among the files: what --image_dir takes
+        raise DatasetError(f"--images lists {plural(len(folders), 'folder')} ({', '.join(folders)}): give image files "
+                           "there, and a folder of images as --image_dir FOLDER")  # fmt: skip
     if image_dir is not None and str(image_dir).strip():
         folder = Path(str(image_dir)).expanduser()
         if not folder.is_dir():
-            raise DatasetError(f"--image_dir {folder}: not found or not a folder")
+            said = "a file, not a folder: give it with --images" if folder.is_file() else "not found"
+            raise DatasetError(f"--image_dir {folder}: {said}")
         found, others = listed_files(folder)
         if not found:
             raise DatasetError(no_images_message(f"--image_dir {folder}", others, folder))
