@@ -295,7 +295,7 @@ def test_a_dataset_of_other_classes_is_refused_as_the_users_input(tmp_path):
 def test_another_folder_is_evaluated_whole_and_all_means_every_image(tmp_path, caplog):
     """An external test set whose file names happen to match some of training's (``2.png`` and ``3.png`` of each
     class) is not split by training's record, which would keep only the matching names: every one of its images is
-    evaluated, whichever split, said in one line. On the training folder itself, grown since, "val" stays training's
+    evaluated, whichever split, said in one line and recorded as split "all". On the training folder itself, grown since, "val" stays training's
     and "all" is every image, the added ones too."""
     run, root = tmp_path / "run", _classes(tmp_path / "classes")
     data = resolve_classification_data(root, run / "data", image_size=16, seed=1, val_fraction=0.5)
@@ -307,7 +307,7 @@ def test_another_folder_is_evaluated_whole_and_all_means_every_image(tmp_path, c
             Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(tmp_path / "external" / name / f"{i}.png")
     with caplog.at_level(logging.INFO, logger="medgmae.gvit"):
         m = evaluate_model_file(run / "model.pt", tmp_path / "external", run / "ext", num_explanations=0, **EVAL)
-    assert m["split"] == "val" and m["num_images"] == 10
+    assert m["split"] == "all" and m["num_images"] == 10  # recorded as what was evaluated: every image
     assert "is not the folder the model was trained on" in caplog.text and "every one of its 10 images" in caplog.text
     assert "changed since training" not in caplog.text
     for i in (4, 5):

@@ -384,5 +384,6 @@ def evaluate_model_file(
     data, recorded, splits = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
     items, used, settings = _evaluated_split(data, splits, split, model_path, recorded, window, model.data_settings)
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=used), batch_size=batch_size, shuffle=False)
-    record = {"split": split, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
+    evaluated = "all" if splits[split] is splits["all"] else split  # another folder than training's: all its images
+    record = {"split": evaluated, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)
