@@ -365,11 +365,17 @@ def gmae2d_dataset(
     if not cache:
         return Dataset(items, pipeline)
     dataset = _cached_dataset(items, pipeline, dataset_dir)  # every file read now: their channels counted
-    grey, colour = load.file_channels[1], sum(n for c, n in load.file_channels.items() if c > 1)
-    if log and grey and colour:
+    if log:
+        _warn_if_channels_mixed(load.file_channels, dataset_dir, in_channels)
+    return dataset
+
+
+def _warn_if_channels_mixed(file_channels: Counter, dataset_dir: str, in_channels: int) -> None:
+    """Warn once when the files read were grey and colour (``file_channels``: ``{channels: files}``)."""
+    grey, colour = file_channels[1], sum(n for c, n in file_channels.items() if c > 1)
+    if grey and colour:
         logger.warning("dataset_dir %s mixes grey and colour images (%d grey, %d colour): every image is converted to "
                        "%s (--in_channels %d)", dataset_dir, grey, colour, plural(in_channels, "channel"), in_channels)  # fmt: skip
-    return dataset
 
 
 def _cached_dataset(items: list[dict], pipeline: Compose, dataset_dir: str) -> CacheDataset:

@@ -346,17 +346,17 @@ def evaluate_model_file(
     The data settings (``dataset_dir``, ``seed``, ``val_fraction``, ``num_cases``) default to the ones recorded in
     ``model.pt`` at training (see :func:`evaluation_data_settings`); ``metrics.json`` records what was used. With
     training's ``seed`` and ``val_fraction``, the images are split as training recorded it
-    (:func:`~medgmae.twod.classification_split.evaluation_splits`: added images only in ``"all"``; another folder whole).
+    (:func:`~medgmae.twod.classification_split.evaluation_splits`: added images in ``"all"``; another folder: ``"all"``).
     NIfTI/DICOM images are read with the ``window`` given, else training's, else each by its own (:func:`_evaluated_split`,
     :func:`~medgmae.twod.windows.input_window`); ``metrics.json`` records it (``data.window``, ``data.window_source``).
 
     Args:
         model_path: file written by training.
         dataset_dir: dataset folder or CSV; ``""`` for the default phantom-slice task; None: training's.
-        output_dir: folder for ``metrics.json``, ``confusion_matrix.png`` and ``explanations/``.
-        default_root: where the default task lives when the model file does not say (written there at the
-            model's image size if absent, holding its parent folder meanwhile, see :func:`_task_folder_held`; a
-            different task there is left alone, see :func:`_phantom_root`).
+        output_dir: folder for ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png`` and ``explanations/``.
+        default_root: where the default task lives when the model file does not say (written there at the model's
+            image size if absent, its parent held meanwhile, :func:`_task_folder_held`; another task there is left
+            alone, :func:`_phantom_root`).
         split: ``"val"``, ``"train"`` or ``"all"``.
         batch_size: evaluation batch size.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -378,12 +378,11 @@ def evaluate_model_file(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     given_window(window)  # before any data are read or written
-    dev = resolve_device(device)
-    model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev)
+    model = GViT.from_checkpoint(model_path, map_location="cpu").to(dev := resolve_device(device))
     given = dict(dataset_dir=as_path_text(dataset_dir), seed=seed, val_fraction=val_fraction, num_phantoms=num_cases)
     data, recorded, splits = _evaluation_data(model, model_path, given, Path(output_dir), default_root)
     items, used, settings = _evaluated_split(data, splits, split, model_path, recorded, window, model.data_settings)
     loader = DataLoader(make_dataset(items, model.img_size, model.in_channels, window=used), batch_size=batch_size, shuffle=False)
-    evaluated = "all" if splits[split] is splits["all"] else split  # another folder than training's: all its images
-    record = {"split": evaluated, "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
+    record = {"split": "all" if splits[split] is splits["all"] else split,  # another folder: all its images
+              "data": settings, "model": str(model_path), "training": getattr(model, "training_settings", None)}
     return evaluate_gvit(model, loader, data.class_names, output_dir, dev, num_explanations, render_backend, record)
