@@ -45,16 +45,6 @@ class WarnIfNotHUd(MapTransform):
             warn_if_not_hu(data[key], self.spec, _source(data[key], key))
         return data
 
-    def _warn_empty(self, source: str) -> None:
-        """The warning about an image whose foreground crop is empty: no voxel above the window's floor."""
-        floor = "" if self.floor is None else f" ({self.floor:g} in the image's values)"
-        logger.warning(
-            "%s has no voxel above the intensity window's floor%s after resampling, so the foreground crop (the box of "
-            "the voxels above it) is empty: the model sees only padding and its output is all background; check the "
-            "image's values (a CT shifted down by 1024 HU, its rescale intercept applied twice?) and the window",
-            source, floor,
-        )
-
 
 def crop_floor(spec: PreprocessingSpec) -> float:
     """The image value that ``spec``'s window (``hu_window`` mapped to ``intensity_range``) maps to 0: the foreground
