@@ -26,7 +26,7 @@ from medgmae.bundle_command_line import (
     unknown_key_lines,
     unknown_key_problems,
 )
-from medgmae.bundle_errors import InputRefusal, summarise_errors
+from medgmae.bundle_errors import INTERRUPTED_SKIP_WRITTEN, InputRefusal, summarise_errors
 from medgmae.bundle_in_process import initialising_workflow, scope_run
 from medgmae.distributed import is_main_process, process_count
 from medgmae.files import output_dir_problem
@@ -88,7 +88,7 @@ def check_settings(
     """
     context = _interrupt_context(settings, output_dirs)  # what the advice after Ctrl-C needs
     if is_bundle_command_line():  # a later failure of the command ends with its reason (from Python: the exception)
-        summarise_errors(resumable="resume" in settings and hold is None, **context)  # an inference's resume: no epochs
+        summarise_errors(resumable="resume" in settings and (hold is None or INTERRUPTED_SKIP_WRITTEN), **context)
     command = bundle_command(None)  # the command line (or the call from Python) and its config files, read once
     found = {k: p for k, (value, kind) in settings.items() if (p := setting_problem(cli_types.as_given(value, k), kind, settings))}
     derived = derived_from_bad_keys(list(found), command)  # e.g. precheck_workers, a copy of a bad --num_workers

@@ -26,8 +26,8 @@ from medgmae.bundle_command_line import is_bundle_command_line
 from medgmae.distributed import is_main_process, process_count, process_rank
 from medgmae.files import os_error_message
 
-__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "InputRefusal", "LOST_PEER", "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV",
-           "Terminated", "catch_sigterm", "exception_chain",
+__all__ = ["INTERRUPTED", "INTERRUPTED_NO_RESUME", "INTERRUPTED_SKIP_WRITTEN", "InputRefusal", "LOST_PEER",
+           "SIGTERM_GRACE_SECONDS", "TRACEBACK_ENV", "Terminated", "catch_sigterm", "exception_chain",
            "checkpoint_files", "data_worker_init", "on_sigint", "on_sigterm", "stopped_run_advice", "summarise_errors"]
 
 
@@ -214,6 +214,8 @@ INTERRUPTED = ("interrupted: run the same command with --resume true to continue
                "checkpoint_epoch=N.pt in its output folder (an epoch cut short is trained again)")
 #: The last line of any other bundle run (inference, evaluation, export) stopped with Ctrl-C.
 INTERRUPTED_NO_RESUME = "interrupted: run the same command again (no file is left half-written)"
+INTERRUPTED_SKIP_WRITTEN = ("interrupted: run the same command with --resume true to go on with the inputs not written "
+                            "yet (no file is left half-written)")  # an inference whose resume skips what it wrote
 
 
 #: What rank 0 adds when its error is the loss of another process of the run (killed, out of memory).
@@ -231,7 +233,7 @@ def _lost_peer(reason: BaseException) -> bool:
     return any(p in text for p in _PEER_PHRASES)
 
 
-def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, run: tuple = ()) -> None:
+def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool | str, run: tuple = ()) -> None:
     """The one line after Ctrl-C or SIGTERM (rank 0 only; ``chain`` holds the ``KeyboardInterrupt``): how to
     resume (the checkpoint handler's ``resume_advice`` when it set one; otherwise :func:`stopped_run_advice` of
     ``run``, its ``(output_dir, resume, checkpoints at its start)``) or to run again; after SIGTERM the process is marked to end
@@ -239,7 +241,7 @@ def _say_interrupted(chain: list[BaseException], main: bool, resumable: bool, ru
     interrupt = next(e for e in chain if isinstance(e, KeyboardInterrupt))
     terminated = any(isinstance(e, Terminated) for e in chain)
     if main:  # where it struck is no news to anyone, and one process says what to do
-        advice = getattr(interrupt, "resume_advice", None) if resumable else INTERRUPTED_NO_RESUME
+        advice = getattr(interrupt, "resume_advice", None) if resumable is True else resumable or INTERRUPTED_NO_RESUME
         advice = advice or (stopped_run_advice(*run) if run else INTERRUPTED)  # the folder read only when needed
         if terminated and advice.startswith("interrupted"):
             advice = "terminated (SIGTERM)" + advice[len("interrupted"):]
@@ -304,7 +306,7 @@ def stopped_run_advice(output_dir: str | None, resume: bool | None = None, at_st
             "instead)")  # fmt: skip
 
 
-def summarise_errors(resumable: bool = False, output_dir: str | None = None, resume: bool | None = None) -> bool:
+def summarise_errors(resumable: bool | str = False, output_dir: str | None = None, resume: bool | None = None) -> bool:
     """Make a bundle's failure end with its reason: after Python's usual traceback, one last line
     ``error: <type>: <message>`` repeats the outermost exception of the chain that is not MONAI's wrapper; when that
     exception is an :class:`InputRefusal` (a bad setting, datalist or checkpoint), its message is printed alone.
@@ -326,7 +328,8 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     (:class:`Terminated`; the line says ``terminated (SIGTERM)``, and the process then ends by SIGTERM, status 143).
 
     Args:
-        resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``.
+        resumable: the bundle has a ``resume`` setting (a training run), so Ctrl-C advises ``--resume true``; a text:
+            the line Ctrl-C prints (:data:`INTERRUPTED_SKIP_WRITTEN` for an inference whose resume skips its outputs).
         output_dir: the training run's folder, whose epoch checkpoints decide the line of a run stopped where
             its checkpoint handler could not say (:func:`stopped_run_advice`; ``None``: not known).
         resume: the run's ``resume`` setting (``None``: not known).
@@ -345,7 +348,7 @@ def summarise_errors(resumable: bool = False, output_dir: str | None = None, res
     return True
 
 
-def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume: bool | None):
+def _summarising_hook(previous, resumable: bool | str, output_dir: str | None, resume: bool | None):
     """The ``sys.excepthook`` :func:`summarise_errors` installs, calling ``previous`` for the traceback."""
 
     def hook(exc_type, exc, tb) -> None:
@@ -374,7 +377,7 @@ def _summarising_hook(previous, resumable: bool, output_dir: str | None, resume:
             if process_count() > 1:  # a broken pipe of a single process (output piped to head) is not a lost peer
                 _say(LOST_PEER)
 
-    hook.summarises_errors, hook.resumable = True, bool(resumable)
+    hook.summarises_errors, hook.resumable = True, resumable if isinstance(resumable, str) else bool(resumable)
     hook.run = (output_dir, resume, checkpoint_files(output_dir)) if output_dir is not None else ()
     return hook
 

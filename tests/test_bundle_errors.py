@@ -170,6 +170,12 @@ def test_an_interrupted_bundle_ends_saying_how_to_resume():
     proc, lines = _under_the_hook("raise KeyboardInterrupt\n")
     assert lines == [INTERRUPTED_NO_RESUME] and proc.returncode in (128 + signal.SIGINT, -signal.SIGINT)  # no traceback
     assert "--resume" not in INTERRUPTED_NO_RESUME
+    # a batch segmentation, whose --resume true skips the inputs it wrote: its own line, as check_settings installs it
+    body = ("from medgmae.bundle_checks import check_settings\n"
+            "check_settings({'resume': (False, 'bool')}, output_dirs={}, hold='seg_dir')\nraise KeyboardInterrupt\n")
+    proc, lines = _under_the_hook(body, runner=True)
+    assert lines == ["interrupted: run the same command with --resume true to go on with the inputs not written yet (no "
+                     "file is left half-written)"], proc.stderr
 
 
 def test_ctrl_c_before_training_started_says_whether_there_is_a_checkpoint_to_resume(tmp_path, monkeypatch):
