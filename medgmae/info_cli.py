@@ -138,25 +138,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = environment_report(args.path, args.geometry)
     except (ValueError, OSError) as e:  # a geometry file that cannot be read or is none: the message names it
-        return _refused(e, f"geometry file {args.geometry}")
+        return _refused(e, "geometry file", args.geometry)
     if args.volume is not None:
         from medgmae.volume_facts import volume_facts
 
         try:
             report["volume"] = volume_facts(args.volume)
         except (ValueError, OSError) as e:  # the reader's message names the file
-            return _refused(e, f"volume {args.volume}")
+            return _refused(e, "volume", args.volume)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
     return 0
 
 
-def _refused(e: Exception, what: str) -> int:
-    """Print the one error line of an input that cannot be read (``what`` names it where the message does not);
-    returns the exit status 2."""
+def _refused(e: Exception, what: str, path: str) -> int:
+    """Print the one error line of the input ``what`` at ``path`` that cannot be read (named where the message does
+    not name ``path``); returns the exit status 2."""
     from medgmae.files import os_error_message
 
     said = os_error_message(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else None
-    said = said or (str(e) if what.split(" ", 1)[-1] in str(e) else f"{what}: {e}")
+    said = said or (str(e) if str(path) in str(e) else f"{what} {path}: {e}")
     print(f"{PROG}: error: {said}", file=sys.stderr)
     return 2
 

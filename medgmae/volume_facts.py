@@ -43,19 +43,15 @@ def _values(array: np.ndarray) -> dict[str, Any]:
     sample = values.ravel()[:: max(1, values.size // 2_000_000)]  # percentiles of a regular sample of big scans
     facts.update(min=float(values.min()), max=float(values.max()),
                  percentiles={f"{p:g}": round(float(v), 4) for p, v in zip(PERCENTILES, np.percentile(sample, PERCENTILES))})  # fmt: skip
-    labels = volume_units.looks_like_label_map(values)
-    if labels:
-        said = f"a label map ({labels} classes)"
-    elif volume_units.looks_like_shifted_hu(values):
-        said = "HU shifted up by the rescale intercept (raw stored values, 1024 above HU?)"
-    elif volume_units.looks_like_shifted_down_hu(values):
-        said = "HU shifted down by 1024 (the rescale intercept applied twice?)"
-    elif volume_units.looks_like_hu(values):
-        said = "CT in HU"
-    elif volume_units.looks_like_attenuation(values):
-        said = "attenuation (1/mm), not HU"
-    else:
-        said = "neither CT in HU, attenuation nor a label map"
+    kind, found = volume_units.value_kind(values)  # the judgement the pipelines' warning makes
+    said = {"constant": "constant (every voxel the same): an empty or blanked volume?",
+            "label_map": f"a label map ({found.get('values')} classes)",
+            "attenuation": "attenuation (1/mm), not HU",
+            "shifted_up": "no air: HU shifted up by the rescale intercept (raw stored values, 1024 above HU?), a crop "
+                          "without air or another modality",
+            "shifted_down": "HU shifted down by 1024 (the rescale intercept applied twice?)"}.get(kind)  # fmt: skip
+    if said is None:
+        said = "CT in HU" if volume_units.looks_like_hu(values) else "neither CT in HU, attenuation nor a label map"
     return {**facts, "looks_like": said}
 
 

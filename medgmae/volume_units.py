@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the spec is only read here; importing it at run time is not
 
 __all__ = [
     "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "SHIFTED_HU_MIN", "SHIFTED_DOWN_HU_MAX", "SHIFTED_DOWN_HU_MEDIAN",
-    "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu", "looks_like_shifted_down_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "window_expects_hu", "warn_if_not_hu",
+    "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu", "looks_like_shifted_down_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "value_kind", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -150,40 +150,60 @@ def warn_if_not_hu(array, spec: PreprocessingSpec, source: str) -> bool:
     if not window_expects_hu(spec):
         return False
     a0, a1 = spec.hu_window
-    lo, hi = _value_range(array)
-    if lo == hi:
+    kind, f = value_kind(array)
+    lo, hi = f["lo"], f["hi"]
+    if kind == "constant":
         logger.warning("%s is constant (every voxel %g): an empty or blanked volume?", source, lo)
-        return True
-    values = looks_like_label_map(array)  # before attenuation: a 0/1 mask is in its range too
-    if values:
+    elif kind == "label_map":
         logger.warning(
             "%s looks like a label map (%d distinct integer values in %g .. %g), not a CT in HU: a segmentation "
             "listed as an image? The model's HU window [%g, %g] reads class indices as intensities", source,
-            values, lo, hi, a0, a1,
+            f["values"], lo, hi, a0, a1,
         )
-        return True
-    if looks_like_attenuation(array):
+    elif kind == "attenuation":
         logger.warning(
             "%s looks like linear attenuation in 1/mm (values %.4g .. %.4g), not a CT in HU: the model's HU window "
             "[%g, %g] maps it to an almost constant input, so its output is meaningless; convert it with "
             "HU = 1000 (mu / 0.0192 - 1)", source, lo, hi, a0, a1,
         )
-        return True
-    if _range_is_shifted_hu(lo, hi):  # the range read above: no other pass over the volume
+    elif kind == "shifted_up":
         logger.warning(
             "%s has no value below %g but reaches %g: a CT in HU has air at -1000 (outside the body, in the lungs), so "
             "this is a crop without air (inside the skull, say), another modality, or a CT stored as HU + 1024 "
             "without its rescale intercept (air reads as tissue under the model's HU window [%g, %g]); for the "
             "last subtract 1024 (or set the DICOM RescaleIntercept / NIfTI scl_inter to -1024)", source, lo, hi, a0, a1,
         )  # fmt: skip
-        return True
-    median = _shifted_down(array, hi)
-    if median is not None:
+    elif kind == "shifted_down":
         logger.warning(
             "%s looks like a CT shifted down by 1024 HU (values %g .. %g, median %g; a CT has soft tissue at 0 .. 80 HU "
             "and air at -1000): its rescale intercept applied twice (HU - 1024)? The model's HU window [%g, %g] reads "
             "it all as air, so the output is all background; add 1024 (or correct the DICOM RescaleIntercept / NIfTI "
-            "scl_inter)", source, lo, hi, median, a0, a1,
+            "scl_inter)", source, lo, hi, f["median"], a0, a1,
         )  # fmt: skip
-        return True
-    return False
+    return kind is not None
+
+
+def value_kind(array) -> tuple[str | None, dict]:
+    """What ``array``'s values (NumPy or torch, any shape) say it is when it is no CT in HU, the one judgement behind
+    :func:`warn_if_not_hu` and ``medgmae-info --volume``, checked in this order with one pass for the range:
+    ``"constant"``, ``"label_map"`` (:func:`looks_like_label_map`; before attenuation: a 0/1 mask is in its range
+    too), ``"attenuation"`` (:func:`looks_like_attenuation`), ``"shifted_up"`` (nothing below :data:`SHIFTED_HU_MIN`,
+    values above 1000) or ``"shifted_down"`` (:func:`looks_like_shifted_down_hu`); ``None`` otherwise.
+
+    Returns:
+        ``(kind, facts)``: ``facts`` holds ``lo`` and ``hi`` (the range), ``values`` (a label map's distinct values)
+        and ``median`` (a shifted-down CT's).
+    """
+    lo, hi = _value_range(array)
+    facts: dict = {"lo": lo, "hi": hi}
+    if lo == hi:
+        return "constant", facts
+    values = looks_like_label_map(array)
+    if values:
+        return "label_map", {**facts, "values": values}
+    if max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU:  # looks_like_attenuation, on the range read above
+        return "attenuation", facts
+    if _range_is_shifted_hu(lo, hi):
+        return "shifted_up", facts
+    median = _shifted_down(array, hi)
+    return ("shifted_down", {**facts, "median": median}) if median is not None else (None, facts)
