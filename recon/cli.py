@@ -26,7 +26,7 @@ Units: ``simulate`` reads a CT volume in HU and converts it to linear attenuatio
 ``-log(max(counts, 1) / I0)`` (:mod:`recon.noise`: so few photons that the projections fail the projection check
 is refused, and so is more than 1e15 photons, more than 1 % of readings without a photon or an SNR below the Rose criterion's 5 warned about). All volumes written are attenuation volumes (1/mm) with the input's affine, and
 ``fbp``, ``reconstruct`` (``--reference``, ``--fbp``) and ``evaluate`` read attenuation volumes. A volume whose range
-belongs to the other unit is refused (:func:`recon.commands.check_units`: below -100 or above 10 is HU where 1/mm is
+belongs to the other unit is refused (:func:`recon.unit_checks.check_units`: below -100 or above 10 is HU where 1/mm is
 expected; every value within [-1, 1] is 1/mm where ``simulate`` expects HU); ``--no-unit-check`` reads it as given.
 
 ``reconstruct`` uses the settings of ``--preset`` (``toolkit``, the default, or ``3dgr-ct``, SigmaLDC/3DGR-CT's

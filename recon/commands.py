@@ -20,12 +20,11 @@ import torch
 from medgmae.files import output_dir_problem, path_length_problem
 from medgmae.folder_lock import folder_made
 from medgmae.temp_names import remove_dead_writes_of
-from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
-from medgmae.volume_units import looks_like_attenuation, looks_like_hu, looks_like_shifted_hu
 from recon.cli_names import CLIError, Interrupted
 from recon.geometry import CTGeometry
+from recon.unit_checks import check_units
 
-__all__ = ["CLIError", "Interrupted", "check_out_file", "check_out_folder", "check_same_grid", "check_units",
+__all__ = ["CLIError", "Interrupted", "check_out_file", "check_out_folder", "check_same_grid",
            "cmd_evaluate", "cmd_fbp", "load_matching_volume", "load_scan", "output_lines", "placed_geometry",
            "resolve_cli_device", "Scan"]
 
@@ -182,39 +181,6 @@ def placed_geometry(geom: CTGeometry, args, fbp_affine: np.ndarray | None, ref_a
     print(f"note: the geometry {args.geometry} has no affine: recon.nii.gz and gaussians.ply take that of "
           f"{given[0][0]}, so that they overlay it", flush=True)  # fmt: skip
     return placed
-
-
-UNITS_FLAG = "--no-unit-check"
-
-
-def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
-    """Refuse a volume whose value range belongs to the other unit: HU where attenuation (1/mm) is expected, or
-    attenuation where a CT in HU is expected (the bounds are :data:`ATTENUATION_BOUNDS` and
-    :data:`ATTENUATION_LIKE_HU`; ``--no-unit-check`` skips this check).
-
-    Args:
-        volume: the volume, any shape.
-        path: its file, as the message names it.
-        flag: the option that gave it, as the message names it.
-        expected: ``"attenuation"`` (1/mm) or ``"hu"``.
-
-    Raises:
-        CLIError: the range belongs to the other unit.
-    """
-    if expected not in ("attenuation", "hu"):
-        raise ValueError(f"expected must be 'attenuation' or 'hu', got {expected!r}")
-    span = f"values {float(np.min(volume)):.4g} .. {float(np.max(volume)):.4g}"
-    skip = f"; {UNITS_FLAG} skips this check"
-    if expected == "attenuation" and looks_like_hu(volume):
-        raise CLIError(f"{flag} {path} looks like a CT in HU ({span}), not linear attenuation in 1/mm (water 0.0192): "
-                       "pass the attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
-                       f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
-    if expected == "hu" and looks_like_shifted_hu(volume):  # a warning: other scanners' ranges reach here too
-        print(f"warning: {flag} {path} has no air ({span}; a CT in HU has air at -1000): stored as HU + 1024 without "
-              "its rescale intercept? It is simulated as it is, air as tissue; subtract 1024 first if so", flush=True)
-    if expected == "hu" and looks_like_attenuation(volume):
-        raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
-                       f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
 
 
 def load_matching_volume(

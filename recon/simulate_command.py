@@ -15,12 +15,12 @@ from recon.commands import (
     CLIError,
     check_out_folder,
     check_same_grid,
-    check_units,
     output_lines,
     resolve_cli_device,
     warn_about_scan,
 )
 from recon.geometry import NO_OFFSET, CTGeometry
+from recon.unit_checks import check_units
 
 __all__ = ["MAX_VIEWS", "cmd_simulate", "simulation_record"]
 

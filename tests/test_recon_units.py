@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from recon.cli import main
-from recon.commands import CLIError, check_units
+from recon.commands import CLIError
+from recon.unit_checks import check_units
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

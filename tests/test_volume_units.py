@@ -193,12 +193,19 @@ def test_a_ct_shifted_down_by_1024_hu_is_warned_about(caplog):
 def test_simulate_says_a_volume_without_air_is_simulated_as_it_is(capsys):
     """medgmae-recon's HU check warns about a volume stored as HU + 1024 (it simulates it, air as tissue) and stays
     silent for the phantom in HU."""
-    from recon.commands import check_units
+    from recon.unit_checks import check_units
 
     check_units(_phantom_hu() + 1024.0, "stored.nii.gz", "--volume", "hu")
     assert "warning: --volume stored.nii.gz has no air (values 24 .. 2024" in capsys.readouterr().out
     check_units(_phantom_hu(), "ct.nii.gz", "--volume", "hu")
     assert capsys.readouterr().out == ""
+    check_units(_phantom_hu() - 1024.0, "twice.nii.gz", "--volume", "hu")  # intercept applied twice: tissue as air
+    out = capsys.readouterr().out
+    assert out.startswith("warning: --volume twice.nii.gz looks like a CT shifted down by 1024 HU") and "add 1024" in out
+    labels = np.zeros((8, 16, 16), np.int16)
+    labels[2:6, 4:12, 4:12], labels[3:5, 6:9, 6:9] = 3, 7
+    check_units(labels, "seg.nii.gz", "--volume", "hu")
+    assert "warning: --volume seg.nii.gz looks like a label map (3 distinct integer values" in capsys.readouterr().out
 
 
 def test_a_binary_mask_given_as_an_image_is_named_a_label_map_not_attenuation(caplog):
