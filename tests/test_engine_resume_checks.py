@@ -331,8 +331,8 @@ def test_cases_record_refuses_other_data_of_the_same_count(tmp_path):
         CasesRecord(_cases(tmp_path / "old", dict(reversed(sizes.items())))).load_state_dict(saved)
     arrays = CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).state_dict()
     CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4)}]).load_state_dict(arrays)
-    with pytest.raises(ValueError, match="1 differing") as err:
-        CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4) * 2}]).load_state_dict(arrays)
+    with pytest.raises(ValueError, match="other data: 2 images then, 2 now, 1 differing") as err:  # the 2D bundles' noun
+        CasesRecord([{"image": np.zeros((2, 3))}, {"image": torch.ones(4) * 2}], noun="image").load_state_dict(arrays)
     # generated images are said as such, not by their digests (which tell a reader nothing)
     assert "(1 generated image (held in memory, e.g. phantom slices) with other pixels" in str(err.value)
     assert "<array>" not in str(err.value)

@@ -169,7 +169,7 @@ def test_resume_with_another_val_fraction_names_it_with_the_epoch_length(tmp_pat
     message = str(refused.value)
     assert "(3 per epoch, batch size 4), but this run has 2 iterations per epoch (batch size 4)" in message
     assert "data.val_fraction: saved 0.25, now 0.5" in message
-    assert "GViT training trained on other data: 12 cases then, 8 now" in message
+    assert "GViT training trained on other data: 12 images then, 8 now" in message
 
 
 def test_resume_with_a_window_of_a_run_without_one_says_it_had_none(tmp_path):

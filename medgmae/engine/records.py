@@ -246,11 +246,12 @@ class CasesRecord:
         chosen_by: ``{flag: value}`` of the settings that chose the cases (``{"seed": 1, "val_fraction": 0.34}``),
             saved with them: a refusal gives the saved values of those that differ as their flags
             (``--seed 1``).
+        noun: what the refusal calls one item (``"case"``; the 2D bundles' ``"image"``).
     """
 
     def __init__(
         self, cases: Sequence[Mapping], keys: Sequence[str] = ("image", "label"), what: str = "the run",
-        role: str = "trained on", hint: str = "", chosen_by: Mapping[str, Any] | None = None,
+        role: str = "trained on", hint: str = "", chosen_by: Mapping[str, Any] | None = None, noun: str = "case",
     ) -> None:  # fmt: skip
         if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
             raise ValueError(f"cases must be a list of datalist items, got {type(cases).__name__}")
@@ -262,7 +263,7 @@ class CasesRecord:
              for k, e in case if e is not None}
             for case in entries
         ]  # fmt: skip
-        self.what, self.role, self.hint = what, role, str(hint)
+        self.what, self.role, self.hint, self.noun = what, role, str(hint), str(noun)
         if chosen_by is not None and not isinstance(chosen_by, Mapping):
             raise ValueError(f"chosen_by must map each flag to its value, got {chosen_by!r}")
         self.chosen_by = json.loads(json.dumps(dict(chosen_by or {})))
@@ -296,7 +297,7 @@ class CasesRecord:
         given = f" (here {' '.join(words)})" if words else ""
         hint = f" ({self.hint}{given})" if self.hint else given
         raise ResumeRefused(
-            f"the checkpoint was written by {self.what} {self.role} other data: {plural(len(saved), 'case')} then, "
+            f"the checkpoint was written by {self.what} {self.role} other data: {plural(len(saved), self.noun)} then, "
             f"{len(now)} now, {max(len(gone), len(new))} differing ({'; '.join(detail) or 'the same cases in another order'}). "
             f"Resume with the interrupted run's data{hint} or train into a new output_dir"
         )

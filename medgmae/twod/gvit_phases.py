@@ -95,7 +95,7 @@ def resume_records(settings: Mapping | None, cases: Sequence[Mapping] | None) ->
     records = {} if settings is None else {
         "settings": SettingsRecord(settings, "GViT training", saved_defaults=before, retired=retired, flags=RESUME_FLAGS)}
     if cases is not None:
-        records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training")
+        records["cases"] = CasesRecord(cases, keys=("image", "label"), what="GViT training", noun="image")
     return records
 
 
