@@ -287,10 +287,19 @@ def test_bundle_export_refuses_a_folder_and_a_bad_metadata_file_as_settings(tmp_
              ("--export_path", ""): "--export_path: expected the file to write (e.g. model.ts), got an empty value",  # "is a folder"
              ("--metadata_file", str(tmp_path / "folder")): f"--metadata_file: {tmp_path / 'folder'} is a folder: give the "
                                                            "bundle's metadata.json"}  # fmt: skip
-    for flag, message in cases.items():
-        proc = _run_export("--output_dir", str(tmp_path), *flag)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert "error: BundleSettingError: 1 bad setting, nothing was written" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    for i, (flag, message) in enumerate(cases.items()):
+        if i == 0:  # the command line prints the message alone
+            proc = _run_export("--output_dir", str(tmp_path), *flag)
+            assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            printed = proc.stderr
+            assert "error: BundleSettingError: 1 bad setting, nothing was written" in printed and message in printed, printed[-2000:]
+            continue
+        with pytest.raises(Exception) as err:  # the others in this process: the same check, without a new Python
+            bundle_in_this_process("exporting", "export.json", output_dir=str(tmp_path), **{flag[0][2:]: flag[1]})
+        cause = err.value  # MONAI's parser raises a RuntimeError from the toolkit's error
+        while cause is not None and type(cause).__name__ != "BundleSettingError":
+            cause = cause.__cause__
+        assert cause is not None and "1 bad setting, nothing was written" in str(cause) and message in str(cause), repr(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "broken.json", "folder"] and not any((tmp_path / "folder").iterdir())
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from medgmae.data.datalist import DatasetError, read_datalist
 from medgmae.data.precheck import check_datalist
@@ -69,6 +69,7 @@ def unique_case_names(paths: Sequence[str | Path]) -> list[str]:
 def inference_cases(
     input_files: Sequence[str] | str | None, dataset_dir: str | Path = "", datalist: str | Path = "", output_dir: str | Path = "",
     key: str = "validation", spec: PreprocessingSpec | None = None,
+    keep: Callable[[list[dict]], list[dict]] | None = None,
 ) -> list[dict]:
     """Images to segment, each checked: ``input_files`` when given (a path, a file pattern or a list of them, see
     :func:`expand_input_patterns`), else (``None``) the images of
@@ -84,6 +85,8 @@ def inference_cases(
         output_dir: the fine-tuning run (its recorded data when neither of the two above is given).
         key: the datalist's list to segment.
         spec: the model's pre-processing (``None``: no warnings about the inputs' values).
+        keep: picks the cases still to segment before any file is checked (a resumed run's
+            :func:`~medgmae.finetune.segment_resume.cases_to_segment`): the others are neither read nor refused.
 
     Returns:
         ``[{"image": path, "name": output name}]`` (see the module docstring for the names).
@@ -109,4 +112,8 @@ def inference_cases(
         images, source = [c["image"] for c in read_datalist(datalist, key, dataset_dir or None)], str(datalist)
         logger.info("no input_files: segmenting the '%s' list of %s (%d images)", key, datalist, len(images))
     cases = [{"image": image, "name": name} for image, name in zip(images, unique_case_names(images))]
+    if keep is not None:  # names are given over all inputs first: a resumed run's outputs keep theirs
+        cases = keep(cases)
+        if not cases:
+            return []
     return check_datalist(cases, source=source, spec=spec)
