@@ -50,6 +50,22 @@ def setting_error_text(log: str) -> str:
     return "BundleSettingError: " + log.split("\nerror: BundleSettingError: ")[1].strip()
 
 
+def setting_error_in_process(run_id: str, config: str, *overrides: str) -> str:
+    """The BundleSettingError's message of ``monai.bundle.run`` of ``config`` (under ``bundles/``) with command-line
+    ``overrides``, run in the test's own process (without the seconds a new Python takes to import the toolkit);
+    the printed form of such a refusal is :func:`setting_error_text`'s to check."""
+    import pytest
+    from monai.bundle import run
+
+    with pytest.raises(Exception) as caught:
+        run(run_id, config_file=str(BUNDLES / config), logging_file=False, **bundle_keywords(list(overrides)))
+    error = caught.value  # MONAI's parser raises a RuntimeError from the toolkit's error
+    while error is not None and type(error).__name__ != "BundleSettingError":
+        error = error.__cause__
+    assert error is not None, repr(caught.value)
+    return str(error)
+
+
 def tensorboard_events(folder: Path):
     """A run's TensorBoard folder read whole (every scalar and image event), as TensorBoard's own reader reads it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
