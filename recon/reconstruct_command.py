@@ -158,6 +158,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconstructor
     from recon.holdout import fitted_views_fbp
+    from medgmae.software import software_versions
     from recon.metrics import evaluate
 
     x = _read_inputs(args)
@@ -186,10 +187,11 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale,
                                 unit_check=False)  # --reference's file checked by load_matching_volume
-    rec.run_info = x.run_info
+    rec.run_info = {**x.run_info, "software": software_versions(device)}  # saved with the state: the first session's
     start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
     if x.state is not None:
         _resume(rec, x.state, state_path, device)
+    first_software = rec.run_info["software"]  # kept across a --refit, whose reconstructor records no run
     print(growth_note(cfg, rec.iteration, rec.num_gaussians), flush=True)  # how the count and the iterations' cost grow
     progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
     result = rec.run(checkpoint_path=state_path, progress=progress)
@@ -201,7 +203,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
     metrics["inputs"] = x.run_info["files"]  # the --checkpoint / --fbp content the start was built from (SHA-256)
-    metrics["start"] = start_eval
+    metrics["start"], metrics["first_session_software"] = start_eval, first_software
     if x.model_spec:  # the zero-shot start's pre-processing, read from the model (--model-spacing applied)
         metrics["init_settings"] = {**init_settings, "preprocessing": x.model_spec[1]}
     if reference is not None:
@@ -337,7 +339,7 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
 
 def _resume(rec, state: dict, state_path: Path, device) -> None:
     """Restore ``state`` into ``rec``; the resume's entry (``rec.resumed``, the last of ``rec.resumes``) records
-    this session's software."""
+    this session's software, ``rec.run_info`` keeps the first session's as the state recorded it."""
     from medgmae.software import software_versions
 
     try:
@@ -345,6 +347,7 @@ def _resume(rec, state: dict, state_path: Path, device) -> None:
     except (ValueError, KeyError, RuntimeError) as e:
         raise CLIError(f"cannot resume from {state_path}: {e}") from e
     rec.resumed["software"] = software_versions(device)
+    rec.run_info["software"] = (state.get("run_info") or {}).get("software")  # the first session's (None: not recorded)
 
 
 def _check_views_per_iteration(args, geom: CTGeometry) -> None:

@@ -224,7 +224,8 @@ def test_ctrl_c_during_a_refit_says_whose_state_is_saved(saved, tmp_path, monkey
 def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, monkeypatch, capsys):
     """On a clock that advances 10 s per optimisation step (nothing else takes time), 6 iterations take 60 s
     however they are split: interrupted after iteration 2 (its state saved there), resumed, interrupted after
-    iteration 4 and resumed again; ``metrics.json`` lists both resumes, each with its session's software. A state
+    iteration 4 and resumed again; ``metrics.json`` lists both resumes, each with its session's software, and
+    the first session's. A state
     written without the time (an older version) gives the time since the resume, said so."""
     import types
 
@@ -243,18 +244,23 @@ def test_resumed_time_counts_the_run_before_the_interruption(saved, tmp_path, mo
     monkeypatch.setattr(gr.GaussianReconstructor, "step", timed_step)
     out = tmp_path / "rec"
     args = _args(saved[0], out, "--iterations", "6", "--eval-every", "2", "--checkpoint-every", "2")
+    session = lambda n: monkeypatch.setattr("medgmae.software.software_versions", lambda *a, **k: {"session": n})  # noqa: E731
+    session(1)
     assert main(args) == 130
     clock[0] = 1000.0  # the resumed process's clock starts anywhere
+    session(2)
     assert main([*args, "--resume"]) == 130
     clock[0] = 3000.0
     capsys.readouterr()
+    session(3)
     assert main([*args, "--resume"]) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["time_seconds"] == pytest.approx(60.0)
     assert [(h["iteration"], h["seconds"]) for h in metrics["history"]] == [(2, 20.0), (4, 40.0), (6, 60.0)]
     assert [(r["iteration"], r["seconds_before"]) for r in metrics["resumes"]] == [(2, 20.0), (4, 40.0)]
     assert metrics["resumed"] == metrics["resumes"][-1]
-    assert all(r["software"]["packages"]["torch"] == torch.__version__ for r in metrics["resumes"])
+    assert [r["software"] for r in metrics["resumes"]] == [{"session": 2}, {"session": 3}]
+    assert metrics["software"] == {"session": 3} and metrics["first_session_software"] == {"session": 1}
     assert "6 iterations in 60.0 s in all (40.0 s before the resume at iteration 4)" in capsys.readouterr().out
     state = torch.load(out / "recon_state.pt", weights_only=True)
     assert state["seconds"] == pytest.approx(60.0)
