@@ -364,33 +364,36 @@ def lost_best_warning(
 
 
 def record_preprocessing(
-    path: str | os.PathLike,
-    out: str | os.PathLike,
-    orientation: str = "RAS",
-    spacing: Sequence[float] | float = (1.5, 1.5, 1.5),
-    hu_window: Sequence[float] = (-175.0, 250.0),
-) -> Path:
+    path: str | os.PathLike, out: str | os.PathLike, orientation: str, spacing: Sequence[float] | float,
+    hu_window: Sequence[float], replace: bool = False,
+) -> Path:  # fmt: skip
     """Write a copy of a 3D model file that records no pre-processing (written before models recorded it), stating
     the pre-processing its training used, so that every consumer reads it from the file (instead of the defaults,
-    with a warning); the sizes are the network's own.
+    with a warning); the sizes are the network's own. Every value is given: none is taken from a default.
 
     Args:
-        path: a ``model.pt``, ``best_model.pt`` or ``encoder.pt`` of 3D pre-training.
+        path: a ``model.pt``, ``best_model.pt`` or ``encoder.pt`` of 3D pre-training, or a fine-tuning ``best_model.pt``.
         out: the file to write (atomically; another name than ``path`` keeps the original).
         orientation: the axis codes its training data were oriented to (the bundle's ``orientation``).
         spacing: the voxel spacing in mm its training data were resampled to (one value or three, as ``pixdim``).
         hu_window: the HU window ``(a_min, a_max)`` its training mapped to [0, 1].
+        replace: state these values where the file records pre-processing already (refused otherwise).
 
     Returns:
         ``out``.
 
     Raises:
-        ValueError: ``path`` is no 3D model file of this toolkit, or a value is malformed.
+        ValueError: ``path`` is no 3D model file of this toolkit, records pre-processing already (without
+            ``replace``), or a value is malformed.
     """
     ckpt = load_checkpoint(path)
     size, patch = ckpt.config.get("img_size"), ckpt.config.get("patch_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 3 and patch is not None):  # a 2D model's are pairs
         raise CheckpointRefused(f"{path}: a {ckpt.kind} file, not a 3D model or encoder with an input size")
+    if ckpt.preprocessing is not None and not replace:  # the consumers read it already: overwriting it is no repair
+        raise CheckpointRefused(f"{path} records its pre-processing already ({ckpt.preprocessing.orientation}, "
+                                f"spacing {list(ckpt.preprocessing.spacing)} mm, HU window {list(ckpt.preprocessing.hu_window)}): "
+                                "pass replace=True to state other values")  # fmt: skip
     spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(spacing)
     spec = PreprocessingSpec(orientation=orientation, spacing=spacing, hu_window=tuple(hu_window), input_size=size,
                              patch_size=patch)  # fmt: skip

@@ -214,11 +214,12 @@ def _warn_if_padded(grid: Sequence[int], window: Sequence[int], spec: Preprocess
 
 
 def _spec_and_window(
-    model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int
+    model: torch.nn.Module, spec: PreprocessingSpec | dict | None, overlap: int, batch_size: int, warned: bool = False
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """The pre-processing in use and the model's window ``(3,)``; ``ValueError`` for a bad overlap or batch size, or
     a ``spec`` whose sizes are not the model's; a given ``spec`` whose spacing, HU window or orientation differs from
-    the model's recorded one is used with a warning naming both (:func:`spec_with_overrides`' for the first two)."""
+    the model's recorded one is used with a warning naming both (:func:`spec_with_overrides`' for the first two)
+    unless the caller ``warned`` of them already."""
     if isinstance(spec, dict):  # e.g. a checkpoint's "preprocessing" entry as saved
         spec = PreprocessingSpec.from_dict(spec, source="spec")
     if spec is not None and not isinstance(spec, PreprocessingSpec):
@@ -231,7 +232,7 @@ def _spec_and_window(
         raise ValueError(f"spec's input_size {tuple(spec.input_size)} is not the model's window {win}: give the "
                          "model's own spec (model.preprocessing) with only the settings to change replaced")  # fmt: skip
     recorded = getattr(model, "preprocessing", None)
-    if given and isinstance(recorded, PreprocessingSpec):  # warns of a spacing / HU window not the recorded one
+    if given and not warned and isinstance(recorded, PreprocessingSpec):  # warns of a spacing / HU window not the recorded one
         spec_with_overrides(recorded, spec.spacing, spec.hu_window, source="the model (model.preprocessing)")
         if spec.orientation != recorded.orientation:  # the axes the model's windows are cut along
             logger.warning("orientation %s differs from the orientation %s recorded in the model (model.preprocessing): "
@@ -254,7 +255,7 @@ def _checked_inputs(
     :func:`~medgmae.volume_units.warn_if_not_hu` of the scan (once, before any work); ``settings`` holds
     ``overlap``, ``batch_size`` and ``min_intensity``."""
     _check_inputs(volume, model, decode)
-    spec, win = _spec_and_window(model, spec, settings["overlap"], settings["batch_size"])
+    spec, win = _spec_and_window(model, spec, settings["overlap"], settings["batch_size"], settings["overrides_warned"])
     low = settings["min_intensity"]
     try:
         number = math.nan if isinstance(low, (bool, str)) else float(low)
@@ -338,6 +339,7 @@ def zero_shot_gaussians(
     min_intensity: float = 0.0,
     decode: Callable[[Tensor, np.ndarray], Gaussians3D] | None = None,
     source: str = "the volume",
+    overrides_warned: bool = False,
 ) -> ZeroShotResult:
     """The decoder's Gaussians for a whole scan (see the module docstring for the steps).
 
@@ -354,6 +356,8 @@ def zero_shot_gaussians(
         decode: ``(windows (B, 1, *window), window_affines (B, 4, 4)) -> Gaussians3D`` (normalised frame of
             each window); default: the model's ``predict_gaussians``. Tests use it to plug in an oracle.
         source: the scan's name in that warning (its file, say).
+        overrides_warned: the caller has warned of ``spec``'s values that differ from the model's recorded ones
+            (naming the model's file, as ``medgmae-recon`` does): not warned of again.
 
     Returns:
         The :class:`ZeroShotResult`; it may hold no Gaussian (a scan of one slice, an empty one: check
@@ -364,7 +368,7 @@ def zero_shot_gaussians(
             ``spec`` whose input size is not the model's window, a bad ``overlap``, ``batch_size`` or
             ``min_intensity``, or a scan that is not a finite, non-empty 3D array with a non-singular affine.
     """
-    settings = {"overlap": overlap, "batch_size": batch_size, "min_intensity": min_intensity}
+    settings = {"overlap": overlap, "batch_size": batch_size, "min_intensity": min_intensity, "overrides_warned": overrides_warned}
     spec, win = _checked_inputs(volume, model, spec, settings, decode, source)
     scan_shape = tuple(int(s) for s in np.shape(volume))
     x, prep_affine = prepare_scan(volume, affine, spec)

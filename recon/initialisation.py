@@ -292,6 +292,7 @@ def medgmae_init(
     num_gaussians: int | None = None,
     seed: int = 0,
     fit_iterations: int = 0,
+    overrides_warned: bool = False,
 ) -> Gaussians3D:
     """Zero-shot initialisation from a pre-trained MedGMAE (see the module docstring).
 
@@ -301,7 +302,8 @@ def medgmae_init(
         affine: ``(4, 4)`` NIfTI affine of the volume's ``(x, y, z)`` array order (as :func:`recon.scan_files.load_volume`
             and ``CTGeometry.default_affine`` give it), index -> world mm.
         model: a MedGMAE (``predict_gaussians``, ``img_size``; ``preprocessing`` when loaded from ``model.pt``).
-        spec: overrides the model's recorded pre-processing.
+        spec: overrides the model's recorded pre-processing (warned of, unless ``overrides_warned``: the caller
+            said so naming the model's file, as ``reconstruct`` does).
         mu_water: attenuation of water (1/mm) for the HU conversion.
         overlap: minimum overlap between windows (voxels of the model's grid).
         batch_size: windows per decoder call.
@@ -323,7 +325,8 @@ def medgmae_init(
     host = vol.cpu()  # the scan goes to the CPU for its preparation anyway; the unit check reads it there once
     _warn_if_hu(host, "zero-shot start")
     res = zero_shot_gaussians(mu_to_hu(host, mu_water), zyx_affine(affine), model, spec=spec, overlap=overlap,
-                              batch_size=batch_size, min_intensity=min_intensity, source="fbp_volume (as HU)")  # fmt: skip
+                              batch_size=batch_size, min_intensity=min_intensity, source="fbp_volume (as HU)",
+                              overrides_warned=overrides_warned)  # fmt: skip
     if res.voxel.num_gaussians == 0:
         raise ValueError(f"the MedGMAE decoder produced no Gaussians inside the volume: {res.no_gaussians_reason()}; "
                          "or start from --init fbp")  # fmt: skip

@@ -66,7 +66,8 @@ def initialise(args, init_settings: dict, fbp_t: torch.Tensor, affine: np.ndarra
         budget = init_settings.get("num_gaussians")  # 3DGR-CT's preset: the decoder's Gaussians subdivided to it
         spec = spec or _model_spec(model, args.model_spacing, args.checkpoint)
         fit = init_settings.get("fit_iterations") or 0  # --init-fit-iterations: intensities fitted to the FBP
-        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed, fit_iterations=fit)
+        init = medgmae_init(fbp_t, affine, model, spec=spec, num_gaussians=budget, seed=args.seed, fit_iterations=fit,
+                            overrides_warned=True)  # --model-spacing's override: warned of naming the file (_model_spec)
         _warn_if_few(init.num_gaussians, budget or init_settings.get("grow_to"), spec, getattr(model, "total_gaussians", None))
         if budget is not None:
             print(f"zero-shot start: {init.num_gaussians} Gaussians, the decoder's subdivided toward --num-gaussians "

@@ -337,6 +337,16 @@ def test_a_model_file_without_preprocessing_gets_the_one_its_training_used(tmp_p
     assert got.preprocessing == PreprocessingSpec("LPS", (2.0, 2.0, 2.0), (-500.0, 400.0), input_size=16, patch_size=8)
     assert all(torch.equal(got.state_dict[k], v) for k, v in old["state_dict"].items()) and got.extra == old["extra"]
     assert load_checkpoint(tmp_path / "old.pt").preprocessing is None  # the original kept
+    # a file that records its pre-processing is not overwritten by accident (its consumers read it already), and no
+    # value is taken from a default: the call names all three
+    with pytest.raises(ValueError, match=r"new\.pt records its pre-processing already \(LPS, spacing \[2\.0, 2\.0, 2\.0\] mm, "
+                                         r"HU window \[-500\.0, 400\.0\]\): pass replace=True"):
+        record_preprocessing(out, tmp_path / "again.pt", "RAS", 1.5, (-175.0, 250.0))
+    assert not (tmp_path / "again.pt").exists()
+    with pytest.raises(TypeError):
+        record_preprocessing(tmp_path / "old.pt", tmp_path / "again.pt", spacing=1.5)  # pylint: disable=no-value-for-parameter
+    replaced = record_preprocessing(out, tmp_path / "again.pt", "RAS", 1.5, (-175.0, 250.0), replace=True)
+    assert load_checkpoint(replaced).preprocessing.orientation == "RAS"
     # anisotropic spacing, in the order given (pre-training's pixdim), into an encoder file of the same model
     torch.save({**model.encoder_checkpoint(), "preprocessing": None}, tmp_path / "encoder_old.pt")
     out = record_preprocessing(tmp_path / "encoder_old.pt", tmp_path / "encoder.pt", "RAS", (0.8, 0.9, 2.5), (-175.0, 250.0))
@@ -344,7 +354,7 @@ def test_a_model_file_without_preprocessing_gets_the_one_its_training_used(tmp_p
         "RAS", (0.8, 0.9, 2.5), (-175.0, 250.0), input_size=16, patch_size=8)  # fmt: skip
     torch.save(_models()["gmae2d"].model_checkpoint(), tmp_path / "flat.pt")
     with pytest.raises(ValueError, match=r"flat\.pt: a gmae2d file, not a 3D model or encoder with an input size"):
-        record_preprocessing(tmp_path / "flat.pt", tmp_path / "x.pt")
+        record_preprocessing(tmp_path / "flat.pt", tmp_path / "x.pt", "RAS", 1.5, (-175.0, 250.0))
 
 
 def test_a_file_read_memory_mapped_is_read_again_once_it_changed_on_disk(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Initialisations: random / fbp, and the zero-shot MedGMAE tiling with its frame and intensity mapping."""
 
+import logging
 import numpy as np
 import pytest
 import torch
@@ -302,3 +303,20 @@ def test_an_empty_fbp_volume_is_named():
     for start in (lambda v: fbp_init(v, 10), lambda v: random_init(v, 10)):
         with pytest.raises(ValueError, match=r"the FBP volume must be a \(D, H, W\) tensor with voxels, got shape \(0, 8, 8\)"):
             start(torch.zeros(0, 8, 8))
+
+
+def test_a_spacing_override_is_warned_of_once(caplog):
+    """``reconstruct --model-spacing`` warns of the override naming the model's file; the zero-shot start it then
+    runs said it again, naming "the model (model.preprocessing)": a caller that warned passes
+    ``overrides_warned``, a Python caller that did not still gets the warning."""
+    shape = (24, 24, 24)
+    vol = _blob_volume(shape, (12.0, 12.0, 12.0), 6.0)
+    model = VoxelStubModel(12, sigma=0.8)
+    model.preprocessing = PreprocessingSpec(spacing=2.0, input_size=12, patch_size=4)  # as a loaded model records it
+    given = PreprocessingSpec(spacing=1.5, input_size=12, patch_size=4)
+    for warned, expected in ((False, 1), (True, 0)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medgmae"):
+            medgmae_init(vol, np.diag([1.5, 1.5, 1.5, 1.0]), model, spec=given, overrides_warned=warned)
+        said = [r.getMessage() for r in caplog.records if "model.preprocessing" in r.getMessage()]
+        assert len(said) == expected, said
