@@ -167,6 +167,9 @@ def test_an_encoder_recording_no_preprocessing_gets_the_pretraining_defaults_wit
     assert spec.spacing == (float(pretrain["pixdim"]),) * 3 and spec.hu_window == (pretrain["a_min"], pretrain["a_max"])
     assert spec.input_size == (24, 24, 24) and spec.patch_size == (12, 12, 12)
     assert f"{path} records no pre-processing" in caplog.text and "--pixdim and --hu_range" in caplog.text
+    # no flag gives the orientation: recording the spec in the file is said first (it alone can give LPS)
+    assert "medgmae.checkpoint.record_preprocessing(path, out, orientation=" in caplog.text
+    assert "which alone gives its orientation (no flag does: RAS here)" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):  # both given: nothing is taken from the defaults, nothing to warn about
         spec = finetune_spec(path, pixdim=[2.0, 2.0, 3.0], hu_range=[-100, 200], roi_size=24)
@@ -184,7 +187,8 @@ def test_a_finetuned_model_recording_no_preprocessing_is_said_to_and_keeps_its_o
     with caplog.at_level("INFO"):
         spec = finetuned_spec(path)
     assert spec.input_size == (24, 24, 24) and spec.patch_size == (12, 12, 12)
-    assert f"{path} records no pre-processing" in caplog.text
+    assert f"{path} records no pre-processing" in caplog.text and "as it was fine-tuned with" in caplog.text
+    assert "which alone gives its orientation (no flag does: RAS here)" in caplog.text
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-processing of"))
     assert "(recorded)" not in line and "mm (default), HU window [-175.0, 250.0] (default), crop 24x24x24" in line, line
 

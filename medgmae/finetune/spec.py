@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medgmae.distributed import is_main_process
-from medgmae.preprocessing import PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
+from medgmae.preprocessing import RECORD_ADVICE, PreprocessingSpec, describe_preprocessing, model_preprocessing, spec_with_overrides
 
 __all__ = ["finetune_spec", "finetuned_spec"]
 
@@ -58,7 +58,7 @@ def finetune_spec(
         ckpt = read_encoder_for(pretrained, roi_size, mmap=True)  # the spec and config: no weights read
         recorded, enc_patch = ckpt.preprocessing, ckpt.config.get("patch_size")
         if recorded is None and (pixdim is None or hu_range is None) and is_main_process():
-            model_preprocessing(ckpt, str(pretrained), "give --pixdim and --hu_range as it was pre-trained with")
+            model_preprocessing(ckpt, str(pretrained), _advice("pre-trained"))
     origin = lambda given: "given" if given is not None else f"recorded in {pretrained}" if recorded else "default"  # noqa: E731
     spacing_from, window_from = origin(pixdim), origin(hu_range)
     if not pretrained and pixdim is None:
@@ -67,6 +67,13 @@ def finetune_spec(
     spec = dataclasses.replace(spec, input_size=roi_size, patch_size=enc_patch or patch_size or spec.patch_size)
     logger.info("%s", describe_preprocessing(spec, {"orientation": origin(None), "spacing": spacing_from, "hu_window": window_from}))
     return spec
+
+
+def _advice(trained: str) -> str:
+    """What a file that records no pre-processing is told: no flag gives the orientation, so recording the spec
+    comes first; ``--pixdim`` / ``--hu_range`` give the rest."""
+    return (f"{RECORD_ADVICE}, which alone gives its orientation (no flag does: RAS here); or give --pixdim and "
+            f"--hu_range as it was {trained} with")
 
 
 def finetuned_spec(
@@ -83,7 +90,7 @@ def finetuned_spec(
     ckpt = load_checkpoint(checkpoint, FINETUNED_KIND, "evaluation and inference need the best_model.pt of a fine-tuning run")
     default = None if ckpt.preprocessing is not None else model_preprocessing(
         SimpleNamespace(img_size=ckpt.config.get("img_size"), patch_size=ckpt.config.get("patch_size")), str(checkpoint),
-        "give --pixdim and --hu_range as it was fine-tuned with")  # fmt: skip
+        _advice("fine-tuned"))  # fmt: skip
     spec = spec_with_overrides(ckpt.preprocessing, pixdim, hu_range, source=str(checkpoint), trained_by="fine-tuning",
                                default=default)  # fmt: skip
     origin = lambda given: "given" if given is not None else "recorded" if default is None else "default"  # noqa: E731
