@@ -127,6 +127,12 @@ def test_validation_images_that_are_also_training_images_are_warned_about(tmp_pa
         assert warn_if_lists_overlap(twice, [], "dl.json") == 0
     assert f"dl.json: 1 training image is listed more than once ({tmp_path / 'c0.nii.gz'})" in caplog.text
     assert "the labels contradict each other" in caplog.text
+    caplog.clear()  # a validation image listed twice is scored twice: it weighs double in the best model's choice
+    with caplog.at_level(logging.WARNING, logger="medgmae"):
+        assert warn_if_lists_overlap([], [twice[0], twice[0], {"image": str(tmp_path / "c1.nii.gz")}], "dl.json") == 0
+    assert (f"dl.json: 1 validation image is listed more than once ({tmp_path / 'c0.nii.gz'}): each listing is a case "
+            "of its own, so these weigh more in the mean score that chooses the best model") in caplog.text
+    assert "contradict" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medgmae"):
         pretrain_split(str(tmp_path / "sub"), tmp_path, val_fraction=0.0, validate=False)

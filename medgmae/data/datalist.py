@@ -19,7 +19,7 @@ import re
 import shlex
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from medgmae.bundle_errors import InputRefusal
 from medgmae.data.reader import is_volume_path
@@ -244,7 +244,8 @@ def _labels_differ(items: Sequence[dict], images: Sequence[str], key) -> bool:
 def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], source: str | Path) -> int:
     """Warn when images of the validation list are also in the training list (a datalist edited by hand, a
     case copied into both): validation then scores cases the model trained on and overstates how it generalises;
-    and when a training image is listed more than once (it weighs more; with two labels, they contradict).
+    and when an image is listed more than once in either list (a training one weighs more, with two labels they
+    contradict; a validation one weighs more in the mean Dice that chooses the best model).
 
     Returns:
         The number of validation images also trained on.
@@ -252,13 +253,8 @@ def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], 
     def key(item) -> str:
         return os.path.realpath(str(item["image"]))
 
-    listed = [key(it) for it in training if isinstance(it, dict) and "image" in it]
-    twice = sorted(p for p, n in Counter(listed).items() if n > 1)
-    if twice:
-        logger.warning("%s: %d training image%s listed more than once (%s%s): each listing is a case of its own, so "
-                       "these weigh more in training%s", source, len(twice), "s are" if len(twice) > 1 else " is",
-                       ", ".join(twice[:3]), f" and {len(twice) - 3} more" if len(twice) > 3 else "",
-                       "; with different labels, the labels contradict each other" if _labels_differ(training, twice, key) else "")  # fmt: skip
+    listed = _warn_if_repeated(training, source, "training", "these weigh more in training", key)
+    _warn_if_repeated(validation, source, "validation", "these weigh more in the mean score that chooses the best model", key)
     trained = set(listed)
     both = [str(it["image"]) for it in validation if isinstance(it, dict) and "image" in it and key(it) in trained]
     if both:
@@ -268,3 +264,16 @@ def warn_if_lists_overlap(training: Sequence[dict], validation: Sequence[dict], 
                        "s" if len(validation) > 1 else "", what, ", ".join(both[:3]),
                        f" and {len(both) - 3} more" if len(both) > 3 else "")  # fmt: skip
     return len(both)
+
+
+def _warn_if_repeated(items: Sequence[dict], source: str | Path, role: str, weighs: str, key: Callable) -> list[str]:
+    """Warn of the images listed more than once in ``items`` (the ``role`` list: each listing is a case of its own,
+    so they ``weigh`` more); returns every listed image's ``key``."""
+    listed = [key(it) for it in items if isinstance(it, dict) and "image" in it]
+    twice = sorted(p for p, n in Counter(listed).items() if n > 1)
+    if twice:
+        logger.warning("%s: %d %s image%s listed more than once (%s%s): each listing is a case of its own, so %s%s",
+                       source, len(twice), role, "s are" if len(twice) > 1 else " is", ", ".join(twice[:3]),
+                       f" and {len(twice) - 3} more" if len(twice) > 3 else "", weighs,
+                       "; with different labels, the labels contradict each other" if _labels_differ(items, twice, key) else "")  # fmt: skip
+    return listed
