@@ -271,3 +271,18 @@ def test_the_printed_commands_keep_a_folder_with_spaces_as_one_argument(tmp_path
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert shlex.split(line) == ["fine-tune", "with", "--datalist", str(folder / "split list.json"), "--dataset_dir", str(folder)]
     assert shlex.split(_split_command(folder, "d.json")) == ["medgmae-datalist", str(folder), "--out", str(folder / "d.json")]
+
+
+def test_a_value_that_labels_leaves_unnamed_is_noted_with_its_file(tmp_path, capsys):
+    """--labels names classes 1 and 2; a stray value 3 in one map (an annotation slip) silently became class_3, a
+    class the model learns: a note names the value, the file holding it and the class it becomes."""
+    for name, value in (("a", 1), ("b", 2), ("c", 3)):
+        _case(tmp_path, name, value, channel=False)
+    out = tmp_path / "dataset_decathlon.json"
+    assert main([str(tmp_path), "--out", str(out), "--labels", "1=liver,2=spleen"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "class_3"}
+    said = capsys.readouterr().out
+    assert "note: --labels names no class for value 3 (in " in said and "c.nii.gz" in said.split("value 3 (in ")[1].split(")")[0]
+    assert "class class_3 of the model; fix the label map if it is a slip, or name it in --labels" in said
+    assert main([str(tmp_path), "--out", str(out), "--force", "--labels", "1=liver,2=spleen,3=kidney"]) == 0
+    assert "names no class" not in capsys.readouterr().out

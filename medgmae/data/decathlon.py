@@ -172,6 +172,12 @@ def _label_map(
     if absent_named:
         raise DatasetError(f"{source}: --labels names {_classes(absent_named)} {absent_named}, which no label map holds (they hold "
                            f"{list(values)})")  # fmt: skip
+    unnamed = [v for v in sorted(values) if v > 0 and v not in names] if names else []
+    if unnamed and progress:  # a stray value (a few voxels of an annotation slip) becomes a class the model learns
+        print(f"note: {names_from} names no class for {', '.join(f'value {v} (in {found[v]})' for v in unnamed)}: "
+              f"{_classes(unnamed)} {', '.join(f'class_{v}' for v in unnamed)} of the model; fix the label map if "
+              f"{'it is' if len(unnamed) == 1 else 'they are'} a slip, or name {'it' if len(unnamed) == 1 else 'them'} "
+              f"in {names_from}", flush=True)  # fmt: skip
     missing = sorted(set(range(max(values) + 1)) - set(values))
     if missing and progress:
         values_are = "class value {} is" if len(missing) == 1 else "class values {} are"
