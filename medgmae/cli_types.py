@@ -114,8 +114,9 @@ def fraction(text: str) -> float:
     try:
         return factor(text)
     except argparse.ArgumentTypeError as e:
-        value = _number_or_none(text)
-        if value is not None and 1.0 < value <= 100.0:
+        given = str(text).strip()
+        value = _number_or_none(given[:-1] if given.endswith("%") else given)  # "10%" is a percentage too
+        if value is not None and (1.0 < value <= 100.0 or (given.endswith("%") and 0.0 < value <= 100.0)):
             raise argparse.ArgumentTypeError(f"{e} (a fraction, not a percentage: {value:g} % is {value / 100:g})") from None
         raise
 

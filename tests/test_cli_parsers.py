@@ -105,7 +105,10 @@ def test_a_fraction_given_as_a_percentage_is_refused_with_the_fraction():
     assert fraction("0.1") == 0.1 and fraction("1") == 1.0
     with pytest.raises(argparse.ArgumentTypeError, match=r"expected a number in \(0, 1\], got '10' \(a fraction, not a percentage: 10 % is 0.1\)"):
         fraction("10")
-    for text in ("150", "0", "-5", "ten"):
+    for text, share in (("10%", "0.1"), (" 0.5 %", "0.005")):  # written with its percent sign: the same hint
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"got {text!r} \(a fraction, not a percentage: .* % is {share}\)"):
+            fraction(text)
+    for text in ("150", "0", "-5", "ten", "150%", "%"):
         with pytest.raises(argparse.ArgumentTypeError) as e:
             fraction(text)
         assert "percentage" not in str(e.value) and f"got {text!r}" in str(e.value)
