@@ -13,15 +13,20 @@ projected.
 
 Each iteration's cost grows with the count (the rendering sums every Gaussian), so the average pace since the start
 says too little time is left in a growing run (a 4,000-iteration run from 5,000 Gaussians said 4.0 min left at
-iteration 50 and took 11.5). :class:`RunPace` takes the seconds per iteration and Gaussian of the recent
-iterations and sums them over the projected counts of the iterations to come. Its time left is the one the printed
-lines give and the one the bar shows (:func:`progress_bar`, in place of tqdm's own estimate, which assumes a
-constant cost per iteration).
+iteration 50 and took 11.5). An iteration also costs time that no Gaussian adds (the projector's, the optimiser's
+steps): with a few hundred Gaussians that part is nearly all of it, and a pace per Gaussian taken there and
+multiplied over the projected growth overstates the rest many times (a 200-iteration run from 126 Gaussians
+growing toward 16,000 said 19.9 min left at iteration 50 and took 51 s more). :class:`RunPace` therefore takes an
+iteration's time as a fixed part plus a part per Gaussian, the latter fitted over the iterations so far, and sums
+them over the projected counts of the iterations to come. Its time left is the one the printed lines give and the
+one the bar shows (:func:`progress_bar`, in place of tqdm's own estimate, which assumes a constant cost per
+iteration).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
@@ -31,6 +36,15 @@ from recon.presets import GaussianReconConfig
 
 __all__ = ["GrowthProjection", "RunPace", "growth_note", "progress_bar", "project_growth", "round_due",
            "round_iterations", "toolkit_additions", "work_left"]  # fmt: skip
+
+SPREAD = 1.2
+"""How many times the smallest count the largest count of the iterations timed so far must be before
+:class:`RunPace` separates an iteration's fixed cost from its cost per Gaussian (with counts closer than that the
+noise of the timings decides the split)."""
+
+MIN_RUN = 3
+"""The fewest iterations at one count whose median time enters the fit (one slow iteration, the first one's set-up
+or an evaluation, does not move a median of three)."""
 
 
 def round_due(config: GaussianReconConfig, iteration: int) -> bool:
@@ -141,10 +155,17 @@ def growth_note(config: GaussianReconConfig, iteration: int, count: int, stop: i
 
 class RunPace(terminal.Pace):
     """:class:`medgmae.terminal.Pace` for a reconstruction whose iterations grow dearer as density control adds
-    Gaussians: the time left is the seconds per iteration and Gaussian of the last ``window`` iterations times the
-    Gaussian-iterations still to come (:func:`work_left` of :func:`project_growth`). Under 3DGR-CT's density control
-    (no projection) it is the seconds per iteration of the last ``window`` iterations times those left. Each
-    iteration is told with :meth:`record`.
+    Gaussians. Each iteration is told with :meth:`record`.
+
+    An iteration takes ``a + b * count`` seconds: ``b``, the seconds per Gaussian, is the least-squares slope of the
+    median time of an iteration at each count seen so far (:meth:`seconds_per_gaussian`; runs of fewer than
+    :data:`MIN_RUN` iterations left out, each count weighted by its iterations, the slope at least 0), and ``a``, the
+    fixed part, what that leaves of the last ``window`` iterations' time (evaluations included). The time left is
+    ``a`` times the iterations left plus ``b`` times the Gaussian-iterations still to come (:func:`work_left` of
+    :func:`project_growth`). While the counts seen are within :data:`SPREAD` times each other, or where ``a`` would
+    come out below 0, every second of the last ``window`` iterations is taken to be per Gaussian (``a = 0``): the
+    estimate then errs long as long as growth is left. Under 3DGR-CT's density control (no projection) it is the
+    seconds per iteration of the last ``window`` iterations times those left.
 
     Args:
         first: the iteration the loop (re)starts from.
@@ -164,10 +185,36 @@ class RunPace(terminal.Pace):
         self.config, self.stage = config, stage
         self.rounds = round_iterations(config) if config.densify_mode == "toolkit" else None
         self.samples: deque = deque([(self.start, self.first, int(count))], maxlen=window + 1)
+        self.at_count: list[tuple[int, deque, list[int]]] = []  # (count, recent seconds per iteration, [iterations])
+        self._slope: tuple[int, float | None] = (-1, None)  # (iterations recorded, seconds per Gaussian then)
 
     def record(self, step: int, count: int) -> None:
         """Iteration ``step`` is done, density control included, and ``count`` Gaussians go into the next."""
-        self.samples.append((self.clock(), int(step), int(count)))
+        (t0, s0, before), now = self.samples[-1], self.clock()
+        self.samples.append((now, int(step), int(count)))
+        if self.rounds is None or step <= s0:
+            return
+        if not self.at_count or self.at_count[-1][0] != before:  # the iterations at a new count
+            self.at_count.append((before, deque(maxlen=256), [0]))
+        _, seconds, iterations = self.at_count[-1]
+        seconds.extend([(now - t0) / (step - s0)] * min(step - s0, 256))
+        iterations[0] += step - s0
+
+    def seconds_per_gaussian(self) -> float | None:
+        """``b`` of the class (at least 0); ``None`` while the counts seen do not spread over :data:`SPREAD` times."""
+        recorded = sum(n[0] for _, _, n in self.at_count)
+        if self._slope[0] != recorded:
+            runs = [(c, statistics.median(s), n[0]) for c, s, n in self.at_count if n[0] >= MIN_RUN]
+            counts = [c for c, _, _ in runs]
+            slope = None
+            if counts and max(counts) >= SPREAD * max(1, min(counts)):
+                weight = sum(n for _, _, n in runs)
+                mean_c, mean_s = (sum(v[k] * v[2] for v in runs) / weight for k in (0, 1))
+                sxx = sum(n * (c - mean_c) ** 2 for c, _, n in runs)
+                sxy = sum(n * (c - mean_c) * (s - mean_s) for c, s, n in runs)
+                slope = max(0.0, sxy / sxx)
+            self._slope = (recorded, slope)
+        return self._slope[1]
 
     def seconds_left(self, step: int) -> float | None:
         """Seconds the iterations after ``step`` take (see the class); the average pace when ``step`` was not
@@ -179,8 +226,13 @@ class RunPace(terminal.Pace):
             return (t1 - t0) / (s1 - s0) * (self.stop - step)
         samples = list(self.samples)
         done = sum((b[1] - a[1]) * a[2] for a, b in zip(samples, samples[1:]))  # Gaussian-iterations in the window
-        projection = project_growth(self.config, step, count, self.rounds)
-        return (t1 - t0) / max(1, done) * work_left(projection, step, count, self.stop)
+        work = work_left(project_growth(self.config, step, count, self.rounds), step, count, self.stop)
+        per_gaussian = self.seconds_per_gaussian()
+        if per_gaussian is not None:
+            fixed = (t1 - t0 - per_gaussian * done) / (s1 - s0)
+            if fixed >= 0:
+                return fixed * (self.stop - step) + per_gaussian * work
+        return (t1 - t0) / max(1, done) * work
 
     def left(self, step: int) -> str:
         """``", about 12.0 min left"`` after ``step`` (:meth:`seconds_left`), the ``stage`` words after it; ``""`` at

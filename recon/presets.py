@@ -303,9 +303,11 @@ def _toolkit(iterations: int) -> dict:
 
 
 def sparse_start_growth(budget: int = 20000) -> dict:
-    """Toolkit-preset overrides that grow a sparse start (the zero-shot MedGMAE Gaussians, about a thousand for a
-    small scan) quickly: density control every 10 iterations from iteration 10, half of the Gaussians cloned or
-    split each round, up to ``budget`` Gaussians (pruning continues after that).
+    """Toolkit-preset overrides that grow a sparse start (the zero-shot MedGMAE Gaussians: the model's K queries per
+    window less those outside the scan or near zero, a few hundred or fewer for a small scan and K = 256) quickly:
+    density control every 10 iterations from iteration 10 to 60 % of the run (the preset's ``densify_until``),
+    half of the Gaussians cloned or split each round, up to ``budget`` Gaussians (pruning continues after that); a
+    run too short for the rounds to reach it ends below the budget.
 
     Measured in ``bench/RESULTS.md`` (reconstruction study, with the coarse phase the preset then had): on 20-view
     parallel and cone scans the zero-shot start (K = 256 queries) grown this way reaches the best FBP/FDK in 80-100
