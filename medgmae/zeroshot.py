@@ -329,6 +329,13 @@ def _decode_windows(
 
 
 @torch.no_grad()
+def _world_and_scan(merged: Gaussians3D, prep_affine: np.ndarray, affine: np.ndarray) -> tuple[Gaussians3D, Gaussians3D]:
+    """Gaussians of the prepared grid's index frame in world mm and in the scan's index frame (``affine``'s)."""
+    prep = torch.from_numpy(prep_affine)
+    to_scan = torch.from_numpy(np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ prep_affine)
+    return merged.transformed(prep[:3, :3], prep[:3, 3]), merged.transformed(to_scan[:3, :3], to_scan[:3, 3])
+
+
 def zero_shot_gaussians(
     volume: Tensor | np.ndarray,
     affine: np.ndarray,
@@ -383,10 +390,7 @@ def zero_shot_gaussians(
     kept, win_affines = _decode_windows(x, prep_affine, n, win, axes, decode, _model_device(model),
                                         int(batch_size), min_intensity)  # fmt: skip
     merged = Gaussians3D.cat(kept, dim=1)
-    prep = torch.from_numpy(prep_affine)
-    world = merged.transformed(prep[:3, :3], prep[:3, 3])
-    to_scan = torch.from_numpy(np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ prep_affine)
-    voxel = merged.transformed(to_scan[:3, :3], to_scan[:3, 3])
+    world, voxel = _world_and_scan(merged, prep_affine, affine)
     logger.info("zero-shot: %d Gaussians from %d %s of %s on a %s prepared grid", merged.num_gaussians, len(tiles),
                 "window" if len(tiles) == 1 else "windows", win, n)  # fmt: skip
     _warn_if_padded(n, win, spec, merged.num_gaussians)
