@@ -247,12 +247,21 @@ def _add_init_options(r: argparse.ArgumentParser) -> None:
                         "a budget) the number the decoder's Gaussians are subdivided to (default: as decoded)")
 
 
+def _add_fbp_volume(r: argparse.ArgumentParser) -> None:
+    """``reconstruct``'s ``--fbp`` and ``--no-fbp-check`` (:mod:`recon.fbp_check`)."""
+    r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent), "
+                   "in the scan's (z, y, x) index order as `medgmae-recon fbp` writes it: refused when one of its mirrors "
+                   "predicts the projections clearly better")
+    r.add_argument("--no-fbp-check", action="store_true",
+                   help="read --fbp as given even when a mirror of it predicts the projections clearly better")
+
+
 def _add_reconstruct(sub) -> None:
     r = _parser(sub, "reconstruct", "Gaussian (3DGR-CT) reconstruction")
     r.add_argument("--projections", required=True, help=PROJECTIONS_HELP)
     r.add_argument("--geometry", required=True, help="geometry.json")
     _add_raw_fields(r)
-    r.add_argument("--fbp", default=None, help="FBP volume (attenuation, 1/mm) for the initialisation (computed when absent)")
+    _add_fbp_volume(r)
     r.add_argument("--preset", default="toolkit", choices=PRESETS, help="optimisation settings")
     _add_init_options(r)
     r.add_argument("--iterations", type=positive_int, default=1000,

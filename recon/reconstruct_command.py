@@ -155,7 +155,6 @@ def _read_inputs(args) -> _Inputs:
 
 def _reconstruct(args, matrix: list[Path]) -> int:
     """What :func:`cmd_reconstruct` does (``matrix`` receives the projector's matrix file, for a matrix backend)."""
-    from recon.fbp import fbp
     from recon.gaussian_recon import GaussianReconstructor
     from recon.holdout import fitted_views_fbp
     from medgmae.software import software_versions
@@ -169,9 +168,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     projector, projector_seconds = _build_projector(geom, args.backend, device, out, args.matrix_dir, matrix)
     proj_t = torch.from_numpy(x.proj).to(device)
     t0 = time.perf_counter()
-    if x.fbp_vol is None:
-        print(f"computing the {'FBP' if geom.kind == 'parallel' else 'FDK'} of {geom.num_views} views...", flush=True)
-    fbp_t = fbp(proj_t, geom, args.filter) if x.fbp_vol is None else torch.from_numpy(x.fbp_vol).to(device)
+    fbp_t = _start_volume(args, x, projector, proj_t)
     warn_about_scan(geom, x.proj, fbp=x.fbp_vol is None, open_beam_floor=x.open_beam_floor,
                     source=f"projections {args.projections}")  # with --fbp, the axis and degrees: they spoil the fit as well
     start_fbp = fitted_views_fbp(proj_t, geom, args.holdout_views, args.filter) if args.holdout_views else fbp_t  # unseen views stay unseen
@@ -212,6 +209,20 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     write_reconstruction(out, geom, result, fbp_t.cpu().numpy(), reference, metrics)
     print_summary(metrics, out)
     return 0
+
+
+def _start_volume(args, x: _Inputs, projector, proj_t: torch.Tensor) -> torch.Tensor:
+    """The FBP/FDK of the scan, or the ``--fbp`` volume once its orientation is checked (:mod:`recon.fbp_check`)."""
+    from recon.fbp import fbp
+    from recon.fbp_check import check_fbp_orientation
+
+    if x.fbp_vol is None:
+        print(f"computing the {'FBP' if x.geom.kind == 'parallel' else 'FDK'} of {x.geom.num_views} views...", flush=True)
+        return fbp(proj_t, x.geom, args.filter)
+    fbp_t = torch.from_numpy(x.fbp_vol).to(x.device)
+    if not args.no_fbp_check:
+        check_fbp_orientation(projector, proj_t, fbp_t, args.fbp)
+    return fbp_t
 
 
 def _build_projector(geom: CTGeometry, backend: str, device: torch.device, out: Path, matrix_dir: str | None, matrix: list[Path]):
