@@ -168,18 +168,18 @@ def encoder_file(path: Path, img_size: int = 24, **preprocessing) -> Path:
 def fake_run(folder: Path, fraction: float, cases: int, subset_seed: int, training_seed: int | None = None,
              pretrained: dict | None = None, epochs: int = 0, best: tuple[float, int] | None = None,
              last: dict | None = None, preprocessing: dict | None = None, model_preprocessing: dict | None = None,
-             total: int = 100) -> Path:
+             total: int = 100, source: dict | None = None) -> Path:
     """A fine-tuning run folder holding the files a run of the bundle writes, with the given values:
     ``training_cases.json`` (without ``training_seed`` / ``pretrained`` when ``training_seed`` is ``None``, as runs
     wrote it before they were recorded), ``checkpoint_epoch=<epochs>.pt`` (empty: only its name is read),
     ``best_model.pt`` (``best``: metric and epoch; no weights) and ``validation/metrics.json`` (``last``: Dice by
     class, their mean its ``mean_dice``); ``preprocessing`` is recorded in ``training_cases.json`` (as runs record it
     since they do), ``model_preprocessing`` in ``best_model.pt``; ``cases`` of ``total`` training cases are chosen,
-    the first ones of the datalist ``/d/dataset.json``."""
+    the first ones of the datalist ``/d/dataset.json`` (``source``: another ``{"dataset_dir", "datalist"}``)."""
     from medgmae.finetune.run_record import case_record, write_run_record
 
     chosen = [{"image": f"/d/c{i}.nii.gz", "label": f"/d/l{i}.nii.gz"} for i in range(cases)]
-    record = case_record(fraction, subset_seed, total, chosen, {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
+    record = case_record(fraction, subset_seed, total, chosen, source or {"dataset_dir": "/d", "datalist": "/d/dataset.json"})
     if training_seed is not None:
         record.update(training_seed=training_seed, pretrained=pretrained or {"path": "", "kind": "", "source": ""})
     if preprocessing is not None:
@@ -212,3 +212,35 @@ COARSE_PREPROCESSING = {"orientation": "LPS", "spacing": [2.0, 2.0, 3.0], "hu_wi
                         "patch_size": [16, 16, 16]}  # fmt: skip
 FINE_PREPROCESSING = {**COARSE_PREPROCESSING, "orientation": "RAS", "spacing": [1.5, 1.5, 1.5],
                       "hu_window": [-175.0, 250.5]}  # fmt: skip
+
+
+def fake_epoch_checkpoint(folder: Path, epoch: int, max_epochs: int, settings: dict, validation: list) -> Path:
+    """``checkpoint_epoch=<epoch>.pt`` in ``folder`` as the bundle's checkpoint handler writes it (no weights): the
+    engine's ``epoch`` and ``max_epochs``, a settings record of ``settings`` and a record of the ``validation``
+    cases (datalist items of files)."""
+    from types import SimpleNamespace
+
+    from medgmae.engine.checkpoint_handler import CheckpointHandler
+    from medgmae.engine.records import CasesRecord, SettingsRecord
+
+    records = {"settings": SettingsRecord(settings, "UNETR fine-tuning"),
+               "validation": CasesRecord(validation, what="UNETR fine-tuning", role="validated on")}  # fmt: skip
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch, iteration=epoch, max_epochs=max_epochs, dataloader=[]))
+    return CheckpointHandler(folder, records).save(engine, f"checkpoint_epoch={epoch}.pt", gather=False)
+
+
+def fake_evaluation(folder: Path, dice_space: str, datalist: str, data_key: str = "validation") -> dict:
+    """``eval/metrics.json`` of ``folder`` as the evaluation bundle's report writes it: one case scored (Dice 1 of
+    its one class), with the entries ``evaluate.json`` adds (``dice_space``, ``datalist``, ``data_key``)."""
+    from ignite.engine import Engine
+
+    from medgmae.finetune.evaluate import SegmentationReport
+
+    onehot = torch.zeros(2, 4, 4, 4)
+    onehot[1, :2], onehot[0, 2:] = 1, 1
+    report = SegmentationReport(folder / "eval", ["background", "liver"],
+                                extra={"dice_space": dice_space, "datalist": datalist, "data_key": data_key})
+    evaluator = Engine(lambda engine, batch: [{"pred": onehot, "label": onehot}])
+    report.attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    return report.metrics

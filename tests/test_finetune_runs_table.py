@@ -29,6 +29,9 @@ def test_the_table_holds_each_runs_recorded_values(tmp_path):
     scratch, pre, old = _study(tmp_path)
     columns, rows, messages = runs_table([scratch, pre, old], per_class=True)
     assert columns[-6:] == ["dice liver", "dice spleen", "dice kidney", "spacing", "hu_window", "orientation"]
+    experiment = rows[0].pop("experiment")  # no column: what the summary compares runs by
+    assert (experiment["data"], experiment["training set"], experiment["model.out_channels"]) == ("/d/dataset.json", "100 cases", 3)
+    assert experiment["max_epochs"] is None and experiment["_progress"] is None  # its checkpoint holds no record
     assert rows[0] == {"run": str(scratch), "init": "scratch", "encoder": "", "label_fraction": 0.01,
                        "effective_fraction": 0.01, "training_cases": 1, "training_seed": 0, "subset_seed": 0,
                        "epochs": 40, "best_dice": 0.25, "best_epoch": 30, "last_dice": 0.375, "eval_dice": None,

@@ -3,8 +3,12 @@ their settings say.
 
 A setting is one initialisation (the encoder's kind), label fraction and pre-processing (:data:`SETTING_KEYS`):
 runs of another spacing or HU window are never pooled; runs from several encoder files of one kind are (a study over
-pre-training seeds), their files named. :func:`summary_table` gives each setting's runs, how many of them scored, the
-metric's mean, sample standard deviation, minimum and maximum. Two notes go under it: :func:`repeated_seed_notes`
+pre-training seeds), their files named. A setting's runs are split further by what else they record of their
+training (:mod:`medgmae.finetune.runs_experiment`: data, validation cases, network, ``max_epochs``, settings, and for
+``eval_dice`` its ``dice_space``): one row per experiment, ``differs_in`` naming what tells it from the others.
+:func:`summary_table` gives each experiment's runs, how many of them scored (finished runs with a value), the
+metric's mean, sample standard deviation, minimum and maximum. Notes go under it: :func:`unfinished_notes` for
+runs still training or stopped, :func:`repeated_seed_notes`
 for a setting that holds one training seed more than once from one encoder file (those runs are no independent
 repeats), and :func:`same_cases_notes` for label fractions of one initialisation and pre-processing that trained on
 the same number of cases of the same data (at least one case is always kept, so 1 % and 10 % of 6 cases are both one
@@ -19,14 +23,17 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from medgmae.finetune.runs_experiment import EVAL_FIELDS, agree, differing_fields
+
 __all__ = ["SUMMARY_METRICS", "PREPROCESSING_COLUMNS", "SUMMARY_COLUMNS", "SETTING_KEYS", "markdown_cell",
-           "summary_table", "repeated_seed_notes", "same_cases_notes"]  # fmt: skip
+           "summary_table", "summary_columns", "repeated_seed_notes", "same_cases_notes", "unfinished_notes"]  # fmt: skip
 
 #: The metrics ``--summary`` can gather across the runs of one setting.
 SUMMARY_METRICS = ("best_dice", "last_dice", "eval_dice")
 #: The run's pre-processing, the runs table's last columns (after those of earlier releases, which keep their places).
 PREPROCESSING_COLUMNS = ["spacing", "hu_window", "orientation"]
-#: The summary table's columns; a setting is the first two and the last three together (:data:`SETTING_KEYS`).
+#: The summary table's columns; a setting is the first two and the last three together (:data:`SETTING_KEYS`);
+#: :func:`summary_columns` adds ``differs_in`` where rows differ in more.
 SUMMARY_COLUMNS = ["init", "label_fraction", "runs", "scored", "mean", "sd", "min", "max", "training_seeds", "encoder",
                    *PREPROCESSING_COLUMNS]  # fmt: skip
 #: What tells the settings of :func:`summary_table` apart.
@@ -44,47 +51,81 @@ def markdown_cell(value: Any) -> str:
     return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
-def _settings(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
-    """The rows by setting (their :data:`SETTING_KEYS` values), in order of first appearance."""
-    groups: dict[tuple, list[dict]] = {}
+def _fields(rows: Sequence[dict], metric: str | None) -> list[str]:
+    """The experiment fields the rows record (:func:`~medgmae.finetune.runs_experiment.read_experiment`), in order
+    of first appearance; those of the evaluation only for ``eval_dice``."""
+    fields = dict.fromkeys(k for row in rows for k in (row.get("experiment") or {}) if not k.startswith("_"))
+    return [f for f in fields if metric == "eval_dice" or f not in EVAL_FIELDS]
+
+
+def _groups(rows: Sequence[dict], metric: str | None = None) -> list[tuple[tuple, list[dict], str]]:
+    """The rows by experiment, in order of first appearance: ``(setting, runs, differs_in)``, a setting being the
+    rows' :data:`SETTING_KEYS` values; a row joins the first group of its setting whose every run it agrees with
+    (:func:`~medgmae.finetune.runs_experiment.agree`: a field one of them does not record is not compared), and
+    ``differs_in`` names what tells the group from the others (:func:`~medgmae.finetune.runs_experiment.differing_fields`)."""
+    fields = _fields(rows, metric)
+    groups: list[tuple[tuple, list[dict]]] = []
     for row in rows:
-        groups.setdefault(tuple(row.get(key) for key in SETTING_KEYS), []).append(row)
-    return groups
+        setting, mine = tuple(row.get(key) for key in SETTING_KEYS), row.get("experiment") or {}
+        for key, runs in groups:
+            if key == setting and all(agree(mine, run.get("experiment") or {}, fields) for run in runs):
+                runs.append(row)
+                break
+        else:
+            groups.append((setting, [row]))
+    differs = differing_fields([[r.get("experiment") or {} for r in runs] for _, runs in groups], fields)
+    return [(setting, runs, cell) for (setting, runs), cell in zip(groups, differs)]
+
+
+def _unfinished(row: dict) -> bool:
+    """Whether the row's run is still training or stopped before its ``max_epochs``."""
+    return bool((row.get("experiment") or {}).get("_progress"))
 
 
 def summary_table(rows: Sequence[dict], metric: str) -> list[dict]:
-    """The runs of each setting gathered, for a study repeated over seeds.
+    """The runs of each experiment gathered, for a study repeated over seeds.
 
     Args:
         rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
         metric: one of :data:`SUMMARY_METRICS`.
 
     Returns:
-        One row per setting (``init``, ``label_fraction``, ``spacing``, ``hu_window`` and ``orientation`` together:
-        runs of other pre-processing are never pooled; runs of several encoder files of one kind are, as a study
-        repeated over pre-training seeds needs) in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`:
-        ``runs`` (all its runs), ``scored`` (those with a value of ``metric``), the values' ``mean``, sample standard
-        deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without values), the runs'
-        training seeds (``"-"`` where a run does not record one) and their encoder files (``encoder``, in order of
-        first appearance, comma-separated).
+        One row per experiment in order of first appearance, keyed by :data:`SUMMARY_COLUMNS`. An experiment is one
+        ``init``, ``label_fraction``, ``spacing``, ``hu_window`` and ``orientation`` and one of everything else the
+        runs record of how they trained (:func:`~medgmae.finetune.runs_experiment.read_experiment`: data, validation
+        cases, ``max_epochs``, network, optimiser, ``input_size``, ...; for ``eval_dice`` also where the Dice was
+        scored); runs that differ only in their seeds or encoder files of one kind (a study over pre-training
+        seeds) are pooled. ``differs_in`` says what tells the row from the others (``""`` where nothing but the
+        columns does). ``runs`` counts all its runs, ``scored`` those with a value of ``metric`` that have finished
+        (a run still training, or stopped before its ``max_epochs``, is not scored); then the values' ``mean``,
+        sample standard deviation ``sd`` (``None`` below two values), ``min`` and ``max`` (``None`` without
+        values), the runs' training seeds (``"-"`` where a run does not record one) and their encoder files
+        (``encoder``, in order of first appearance, comma-separated).
     """
     if metric not in SUMMARY_METRICS:
         raise ValueError(f"metric must be one of {', '.join(SUMMARY_METRICS)}, got {metric!r}")
     out = []
-    for setting, runs in _settings(rows).items():
-        values = [r[metric] for r in runs if r[metric] is not None]
+    for setting, runs, differs in _groups(rows, metric):
+        values = [r[metric] for r in runs if r[metric] is not None and not _unfinished(r)]
         seeds = ", ".join("-" if r["training_seed"] is None else str(r["training_seed"]) for r in runs)
         out.append({**dict(zip(SETTING_KEYS, setting)), "runs": len(runs), "scored": len(values),
                     "mean": statistics.mean(values) if values else None,
                     "sd": statistics.stdev(values) if len(values) > 1 else None,
                     "min": min(values, default=None), "max": max(values, default=None), "training_seeds": seeds,
-                    "encoder": ", ".join(dict.fromkeys(r.get("encoder") or "" for r in runs))})  # fmt: skip
+                    "encoder": ", ".join(dict.fromkeys(r.get("encoder") or "" for r in runs)), "differs_in": differs})  # fmt: skip
     return out
 
 
-def _named(pairs: Sequence[tuple[str, Any]]) -> str:
-    """A setting's ``(key, value)`` pairs as the notes name them: ``init scratch, label_fraction 0.1000, ...``."""
-    return ", ".join(f"{key} {markdown_cell(value) or '-'}" for key, value in pairs)
+def summary_columns(summary: Sequence[dict]) -> list[str]:
+    """The summary table's columns: :data:`SUMMARY_COLUMNS`, and ``differs_in`` where a row has something in it."""
+    return SUMMARY_COLUMNS + ["differs_in"] * any(row.get("differs_in") for row in summary)
+
+
+def _named(pairs: Sequence[tuple[str, Any]], differs: str = "") -> str:
+    """A setting's ``(key, value)`` pairs as the notes name them: ``init scratch, label_fraction 0.1000, ...``,
+    then what else tells its row apart (``differs``: ``max_epochs 2; data /d/dataset.json``), where anything."""
+    named = ", ".join(f"{key} {markdown_cell(value) or '-'}" for key, value in pairs)
+    return f"{named} ({differs})" if differs else named
 
 
 def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
@@ -100,12 +141,12 @@ def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
         recorded training seeds differ (runs that record none are not compared).
     """
     notes = []
-    for setting, runs in _settings(rows).items():
+    for setting, runs, differs in _groups(rows):
         by_seed: dict[Any, list[dict]] = {}
         for run in runs:
             if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
                 by_seed.setdefault((run["training_seed"], run.get("encoder") or ""), []).append(run)
-        named = _named(list(zip(SETTING_KEYS, setting)))
+        named = _named(list(zip(SETTING_KEYS, setting)), differs)
         for (seed, _), of_seed in by_seed.items():
             for same in _same_content(of_seed):
                 if len(same) > 1:
@@ -166,23 +207,38 @@ def same_cases_notes(rows: Sequence[dict]) -> list[str]:
         not record them, is not compared).
     """
     groups: dict[tuple, dict[Any, set[str]]] = {}
-    for setting, runs in _settings(rows).items():
+    for setting, runs, differs in _groups(rows):
         trained = [_trained_on(run) for run in runs]
         if None in trained or len({kept for kept, _ in trained}) != 1:
             continue
         others = tuple((key, value) for key, value in zip(SETTING_KEYS, setting) if key != "label_fraction")
         fraction = setting[SETTING_KEYS.index("label_fraction")]
-        groups.setdefault((others, trained[0][0]), {})[fraction] = {cases for _, cases in trained}
+        groups.setdefault((others, differs, trained[0][0]), {})[fraction] = {cases for _, cases in trained}
     notes = []
-    for (others, (kept, total, source)), by_fraction in groups.items():
+    for (others, differs, (kept, total, source)), by_fraction in groups.items():
         if len(by_fraction) < 2:
             continue
         fractions = [markdown_cell(f) for f in by_fraction]
         same = all(cases == next(iter(by_fraction.values())) for cases in by_fraction.values())
         every, count = _HOW_MANY.get(len(fractions), ("all", str(len(fractions))))
-        notes.append(f"note: {_named(others)}: label fractions {', '.join(fractions[:-1])} and "
+        notes.append(f"note: {_named(others, differs)}: label fractions {', '.join(fractions[:-1])} and "
                      f"{fractions[-1]} {every} trained on {'the same cases' if same else 'the same number of cases'}, "
                      f"{kept} of {total} (effective fraction {markdown_cell(kept / total)}; {source}): one experiment, "
                      f"not {count} label fractions; choose fractions that keep different numbers of the {total} "
                      "training cases")  # fmt: skip
     return notes
+
+
+def unfinished_notes(rows: Sequence[dict]) -> list[str]:
+    """A note per run still training, or stopped before its ``max_epochs`` (its newest checkpoint says so), naming
+    its experiment: its Dice are of an unfinished run, not scored in the summary.
+
+    Args:
+        rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
+
+    Returns:
+        One line per such run; none where every run finished or does not say.
+    """
+    return [f"note: {_named(list(zip(SETTING_KEYS, setting)), differs)}: {row['run']} has not finished (epochs "
+            f"{row['epochs']}): counted in runs, not scored"
+            for setting, runs, differs in _groups(rows) for row in runs if _unfinished(row)]  # fmt: skip

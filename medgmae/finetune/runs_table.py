@@ -11,10 +11,13 @@ last, the run's pre-processing (``spacing``, ``hu_window``, ``orientation``: as 
 recorded since it does, else as ``best_model.pt`` records it; empty cells where neither does). A folder
 that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
 a note.
-``--summary METRIC`` adds a table of the runs of each setting together (a study's seeds), with notes under it
-(:mod:`medgmae.finetune.runs_summary`, whose names are importable from here too): a setting is one initialisation,
-label fraction and pre-processing (runs of another spacing or HU window are never pooled; runs from several encoder
-files of one kind are, their files named); it gives how many runs and how many of them scored, the metric's mean,
+A run still training (another process holds its folder) or stopped before its ``max_epochs`` says so in its
+``epochs`` cell (``1 of 3, still training``), with a note (:mod:`medgmae.finetune.runs_experiment`).
+``--summary METRIC`` adds a table of the runs of each experiment together (a study's seeds), with notes under it
+(:mod:`medgmae.finetune.runs_summary`, whose names are importable from here too): an experiment is one
+initialisation, label fraction and pre-processing and one of what else the runs record of their training (data,
+validation cases, network, ``max_epochs``, ...: a ``differs_in`` column names what tells rows apart; runs from
+several encoder files of one kind pool, their files named); it gives how many runs and how many of them scored, the metric's mean,
 sample standard deviation, minimum and maximum; a note names a setting that holds one training seed more than once
 from one encoder file (those runs are no independent repeats), and label fractions of one initialisation and
 pre-processing that trained on the same number of cases of the same data (one experiment, not several fractions).
@@ -29,13 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from medgmae.finetune.runs_experiment import read_experiment
 from medgmae.finetune.runs_summary import (  # the summary's names, also importable from here
     PREPROCESSING_COLUMNS, SETTING_KEYS, SUMMARY_COLUMNS, SUMMARY_METRICS, markdown_cell, repeated_seed_notes,
-    same_cases_notes, summary_table,
+    same_cases_notes, summary_columns, summary_table, unfinished_notes,
 )  # fmt: skip
 from medgmae.files import output_dir_problem
 
-__all__ = ["RunUnreadable", "read_run", "runs_table", "replaced_encoder_notes", "summary_table", "repeated_seed_notes", "same_cases_notes",
+__all__ = ["RunUnreadable", "read_run", "runs_table", "replaced_encoder_notes", "summary_table", "summary_columns",
+           "repeated_seed_notes", "same_cases_notes", "unfinished_notes",
            "markdown_table", "csv_table", "main", "SUMMARY_METRICS", "SUMMARY_COLUMNS", "SETTING_KEYS",
            "PREPROCESSING_COLUMNS"]  # fmt: skip
 
@@ -107,20 +112,20 @@ def replaced_encoder_notes(rows: Sequence[dict]) -> list[str]:
             for path, contents in by_path.items() if len(contents) > 1]  # fmt: skip
 
 
-def _best(folder: Path) -> tuple[dict | None, Any]:
+def _best(folder: Path) -> tuple[dict | None, Any, dict | None]:
     """``best_model.pt``'s record (:func:`~medgmae.finetune.best_model.finetuned_model_record`: its best validation
-    metric and epoch, read memory-mapped, and the file's size and time) and its recorded pre-processing (a
-    :class:`~medgmae.preprocessing.PreprocessingSpec`, ``None`` where it records none); ``(None, None)`` without
-    the file."""
+    metric and epoch, read memory-mapped, and the file's size and time), its recorded pre-processing (a
+    :class:`~medgmae.preprocessing.PreprocessingSpec`, ``None`` where it records none) and its network's config;
+    ``(None, None, None)`` without the file."""
     from medgmae.checkpoint import load_checkpoint
     from medgmae.finetune.best_model import FINETUNED_KIND, finetuned_model_record
 
     path = folder / "best_model.pt"
     if not path.is_file():
-        return None, None
+        return None, None, None
     try:
-        ckpt = load_checkpoint(path, FINETUNED_KIND, mmap=True)  # read once, for both
-        return finetuned_model_record(path, ckpt), ckpt.preprocessing
+        ckpt = load_checkpoint(path, FINETUNED_KIND, mmap=True)  # read once, for all three
+        return finetuned_model_record(path, ckpt), ckpt.preprocessing, dict(ckpt.config or {})
     except (OSError, ValueError) as e:
         raise RunUnreadable(f"{path}: {e}") from None
 
@@ -131,10 +136,11 @@ def _shown(values: Sequence) -> str:
     return "[" + ", ".join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values) + "]"
 
 
-def _preprocessing(record: dict, model_spec: Any, record_path: Path) -> dict[str, str | None]:
+def _preprocessing(record: dict, model_spec: Any, record_path: Path) -> tuple[dict[str, str | None], dict | None]:
     """The run's ``spacing``, ``hu_window`` and ``orientation`` cells: as the run record holds them (runs recorded
-    since it does, validated or not), else as ``best_model.pt`` records them (``model_spec``), else ``None``; a
-    record's pre-processing that does not read is :class:`RunUnreadable`, naming ``record_path``."""
+    since it does, validated or not), else as ``best_model.pt`` records them (``model_spec``), else ``None``; and
+    that pre-processing whole (``to_dict()``, ``None`` where neither records it); a record's pre-processing that
+    does not read is :class:`RunUnreadable`, naming ``record_path``."""
     from medgmae.preprocessing import PreprocessingSpec
 
     spec = model_spec
@@ -144,8 +150,9 @@ def _preprocessing(record: dict, model_spec: Any, record_path: Path) -> dict[str
         except ValueError as e:
             raise RunUnreadable(str(e)) from None
     if spec is None:
-        return dict.fromkeys(PREPROCESSING_COLUMNS)
-    return {"spacing": _shown(spec.spacing), "hu_window": _shown(spec.hu_window), "orientation": spec.orientation}
+        return dict.fromkeys(PREPROCESSING_COLUMNS), None
+    cells = {"spacing": _shown(spec.spacing), "hu_window": _shown(spec.hu_window), "orientation": spec.orientation}
+    return cells, spec.to_dict()
 
 
 #: What tells two ``best_model.pt`` files apart in :func:`~medgmae.finetune.best_model.finetuned_model_record`'s
@@ -205,11 +212,13 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
         raise RunUnreadable(f"{folder}: not a fine-tuning run (no {RECORD_FILE})")
     last = _json(path / "validation" / "metrics.json", "the last validation's metrics") or {}
     evaluation = _json(path / "eval" / "metrics.json", "the evaluation's metrics") or {}
-    model, model_spec = _best(path)
+    model, model_spec, model_config = _best(path)
     best, best_epoch = (None, None) if model is None else (_number(model["metric"], float), _number(model["epoch"], int))
     init, encoder = _initialisation(record)
     epochs = epoch_checkpoints(path)
     cases = record.get("cases")
+    preprocessing, spec = _preprocessing(record, model_spec, path / RECORD_FILE)
+    experiment = read_experiment(path, record, spec, model_config, evaluation)
     row = {"run": str(folder), "init": init, "encoder": encoder, "label_fraction": record.get("label_fraction"),
            "effective_fraction": record.get("effective_fraction"),
            "training_cases": len(cases) if isinstance(cases, list) else None,
@@ -217,8 +226,11 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "epochs": epochs[0][0] if epochs else None, "best_dice": best, "best_epoch": best_epoch,
            "last_dice": _number(last.get("mean_dice"), float),
            "eval_dice": _number(evaluation.get("mean_dice"), float),
-           **_preprocessing(record, model_spec, path / RECORD_FILE), "encoder_sha256": _encoder_sha256(record)}  # fmt: skip
+           **preprocessing, "encoder_sha256": _encoder_sha256(record), "experiment": experiment}  # fmt: skip
     notes = []
+    if progress := experiment["_progress"]:  # not finished: said in its epochs cell, and not scored in the summary
+        row["epochs"] = progress[0]
+        notes.append(progress[1])
     if best is None and row["last_dice"] is None:
         validated = (path / "validation" / "metrics.json").is_file()
         notes.append(f"{folder}: validated, but no class of its validation cases was scored (mean Dice null): "
@@ -264,7 +276,8 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
         rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
     messages += replaced_encoder_notes(rows)
     columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else []) + PREPROCESSING_COLUMNS
-    return columns, [{**{c: row.get(c) for c in columns}, "encoder_sha256": row.get("encoder_sha256")} for row in rows], messages
+    hidden = ("encoder_sha256", "experiment")  # no columns: read by the summary and its notes
+    return columns, [{**{c: row.get(c) for c in columns}, **{k: row.get(k) for k in hidden}} for row in rows], messages
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
@@ -299,10 +312,12 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="fine-tuning run folders (the bundle's output_dir), one row each")
     p.add_argument("--per-class", action="store_true", help="add the last validation's Dice of each class")
     p.add_argument("--summary", choices=SUMMARY_METRICS, default=None, metavar="METRIC",
-                   help="also gather the runs of each setting (initialisation, label fraction and "
-                   "pre-processing: a study's seeds): runs, mean, standard deviation, min and max of METRIC "
-                   "(best_dice, last_dice or eval_dice), with a note for a training seed a setting holds twice and "
-                   "for label fractions that kept the same number of cases; --markdown then holds both tables")  # fmt: skip
+                   help="also gather the runs of each experiment (initialisation, label fraction, "
+                   "pre-processing, and data, validation cases, network, max_epochs and settings as the runs record "
+                   "them: a study's seeds; a differs_in column names what else tells rows apart): runs, mean, "
+                   "standard deviation, min and max of METRIC (best_dice, last_dice or eval_dice; eval_dice also by "
+                   "its dice_space), with a note for a training seed a setting holds twice, for label fractions that "
+                   "kept the same number of cases and for unfinished runs; --markdown then holds both tables")  # fmt: skip
     p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     return p
@@ -350,9 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     text = markdown_table(columns, rows)
     if args.summary:
-        summary = markdown_table(SUMMARY_COLUMNS, summary_table(rows, args.summary))
-        text += f"\n{args.summary} by setting (initialisation, label fraction, pre-processing):\n\n{summary}"
-        text += "".join(f"\n{note}\n" for note in [*repeated_seed_notes(rows), *same_cases_notes(rows)])
+        summary = summary_table(rows, args.summary)
+        split = ", and what differs_in names" if "differs_in" in (columns_shown := summary_columns(summary)) else ""
+        text += (f"\n{args.summary} by setting (initialisation, label fraction, pre-processing{split}):\n\n"
+                 f"{markdown_table(columns_shown, summary)}")  # fmt: skip
+        notes = [*repeated_seed_notes(rows), *same_cases_notes(rows), *unfinished_notes(rows)]
+        text += "".join(f"\n{note}\n" for note in notes)
     print(text, end="")
     try:
         for value, content in ((args.markdown, text), (args.csv, csv_table(columns, rows))):
