@@ -11,8 +11,10 @@ pipeline's own selection function). ``--json`` prints the same facts as one JSON
 free room of ``DIR``'s file system (the nearest existing folder above it where it does not exist yet);
 ``--geometry FILE`` chooses the projectors for that scan's ``geometry.json`` rather than the example scans;
 ``--volume FILE`` adds how the toolkit reads that volume (:mod:`medgmae.volume_facts`: grid, axis codes, affine,
-values and what they look like). Nothing is built and no other data read; flags are parsed before torch is
-imported. Exit status 0, or 2 on a bad flag or a geometry file or volume that cannot be read (one line naming it).
+values and what they look like); ``--model FILE`` adds what a model file is (:mod:`medgmae.model_facts`: kind, network
+sizes, parameters, the recorded pre-processing or what consumers fall back to, the run record, the commands taking
+it). Nothing is built and no other data read; flags are parsed before torch is
+imported. Exit status 0, or 2 on a bad flag or a geometry file, volume or model file that cannot be read (one line naming it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--volume", default=None, metavar="FILE",
                         help="also report how the toolkit reads this volume (NIfTI, NRRD, MetaImage, DICOM folder): "
                              "grid, axis codes, affine, values")  # fmt: skip
+    parser.add_argument("--model", default=None, metavar="FILE",
+                        help="also report what this model file is: kind, network sizes, the pre-processing it records, "
+                             "the commands that take it")  # fmt: skip
     parser.add_argument("--path", default=None, metavar="DIR",
                         help="also report the free room of DIR's file system (e.g. a run's output folder)")  # fmt: skip
     return parser
@@ -119,6 +124,10 @@ def report_text(report: dict[str, Any]) -> str:
         from medgmae.volume_facts import volume_lines
 
         lines += volume_lines(report["volume"])
+    if "model" in report:
+        from medgmae.model_facts import model_lines
+
+        lines += model_lines(report["model"])
     width = max(len(label) for label, _ in lines) + 1
     return "".join(f"{label + ':':<{width}} {value}\n" for label, value in lines)
 
@@ -146,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["volume"] = volume_facts(args.volume)
         except (ValueError, OSError) as e:  # the reader's message names the file
             return _refused(e, "volume", args.volume)
+    if args.model is not None:
+        from medgmae.model_facts import model_facts
+
+        try:
+            report["model"] = model_facts(args.model)
+        except (ValueError, OSError) as e:  # the loader's message names the file
+            return _refused(e, "model file", args.model)
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else report_text(report))
     return 0
 
