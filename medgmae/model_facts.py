@@ -29,7 +29,7 @@ SIZE_KEYS = ("spatial_dims", "img_size", "patch_size", "in_channels", "out_chann
              "multi_level", "level_multipliers")  # fmt: skip
 
 #: The fine-tuning consumer's name (it refuses a 2D encoder and a training checkpoint).
-FINE_TUNING = "fine-tuning --pretrained (medgmae_finetune bundle)"
+FINE_TUNING = "fine-tuning --pretrained (unetr_finetune training)"
 
 
 def consumers() -> dict[str, tuple[str, ...]]:
@@ -49,9 +49,9 @@ def consumers() -> dict[str, tuple[str, ...]]:
         "zero-shot inference (medgmae_pretrain inferring)": tuple(MedGMAE.checkpoint_kinds),
         "medgmae-recon reconstruct --init medgmae": tuple(MedGMAE.checkpoint_kinds),
         FINE_TUNING: (ENCODER_KIND, *MODEL_KINDS),
-        "segmentation (medgmae_finetune evaluate / infer)": (FINETUNED_KIND,),
+        "evaluation and segmentation (unetr_finetune evaluating / inferring / exporting)": (FINETUNED_KIND,),
         "medgmae-2d layers / segment / edges --checkpoint": ("gmae2d",),
-        "GViT evaluation / inference (medgmae-2d)": ("gvit",),
+        "GViT evaluation and inference (gvit_classification evaluating / inferring)": ("gvit",),
     }
 
 

@@ -133,7 +133,7 @@ def test_each_consumer_takes_the_kinds_it_is_said_to(files, tmp_path):
     from medgmae.twod.gvit import GViT
 
     loaders = {"zero-shot inference": _model_window, "medgmae-recon reconstruct": MedGMAE.from_checkpoint,
-               "fine-tuning": read_encoder_file, "segmentation": finetuned_spec, "medgmae-2d layers": GMAE2D.from_checkpoint,
+               "fine-tuning": read_encoder_file, "evaluation and segmentation": finetuned_spec, "medgmae-2d layers": GMAE2D.from_checkpoint,
                "GViT": GViT.from_checkpoint}  # fmt: skip
     assert all(any(name.startswith(start) for start in loaders) for name in consumers())
     folder, _ = files
