@@ -328,7 +328,6 @@ def _decode_windows(
     return kept, win_affines
 
 
-@torch.no_grad()
 def _world_and_scan(merged: Gaussians3D, prep_affine: np.ndarray, affine: np.ndarray) -> tuple[Gaussians3D, Gaussians3D]:
     """Gaussians of the prepared grid's index frame in world mm and in the scan's index frame (``affine``'s)."""
     prep = torch.from_numpy(prep_affine)
@@ -336,6 +335,7 @@ def _world_and_scan(merged: Gaussians3D, prep_affine: np.ndarray, affine: np.nda
     return merged.transformed(prep[:3, :3], prep[:3, 3]), merged.transformed(to_scan[:3, :3], to_scan[:3, 3])
 
 
+@torch.no_grad()
 def zero_shot_gaussians(
     volume: Tensor | np.ndarray,
     affine: np.ndarray,

@@ -14,8 +14,8 @@ The check projects the volume with the run's own projector, and each of its mirr
 gain (the volume's units or scale do not matter), and compares the relative residuals
 ``|g A v - p| / |p|``. The volume as given predicts the data best when it is stored in the scan's order; it is
 refused when a mirror's residual is below :data:`MIRROR_RATIO` times its own (``--no-fbp-check`` skips the check).
-It projects at most :data:`MAX_VIEWS` views, spread evenly over the scan, seven times over. On the CPU (a shared two-core
-machine), for a 30-view parallel scan of 24 x 48 x 48 voxels on ASTRA's projector it took 0.011 s, against
+It projects at most :data:`MAX_VIEWS` views, spread evenly over the scan, seven times over. On two CPU cores, for
+a 30-view parallel scan of 24 x 48 x 48 voxels on ASTRA's projector it took 0.011 s, against
 0.89 s for one iteration of the default 20,000-Gaussian start (1 %); for a 60-view cone scan of that grid 0.14 s on
 the matrix projector and 2.8 s on the PyTorch one, against 0.026 s and 1.7 s for one forward and back-projection
 of every view (an iteration's projections; it also renders the Gaussians): a few iterations' time at most.
@@ -147,7 +147,7 @@ def check_fbp_orientation(projector, proj: torch.Tensor, volume: torch.Tensor, s
         f"--fbp {source} looks mirrored along {named} (its array's axis {index} of (z, y, x)): flipped along {named} it "
         f"predicts the projections with a relative residual of {100 * mirrored:.1f} %, as given {100 * given:.1f} %. "
         "reconstruct reads the --fbp array in the scan's (z, y, x) index order, as `medgmae-recon fbp` writes it, and "
-        "does not reorder it by its affine: save it in that order (e.g. write it with `medgmae-recon fbp` from the "
-        "same projections and geometry), or give geometry.json the affine of the scan's grid; --no-fbp-check reads it "
-        "as given"
+        f"does not reorder it by its affine: flip its array back (NumPy: np.flip(volume, {tuple(axes)}) on the (z, y, x) "
+        "array, the affine adjusted to match) or write it again with `medgmae-recon fbp` from the same projections and "
+        "geometry; --no-fbp-check reads it as given"
     )  # fmt: skip

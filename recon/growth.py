@@ -164,7 +164,8 @@ class RunPace(terminal.Pace):
     ``a`` times the iterations left plus ``b`` times the Gaussian-iterations still to come (:func:`work_left` of
     :func:`project_growth`). While the counts seen are within :data:`SPREAD` times each other, or where ``a`` would
     come out below 0, every second of the last ``window`` iterations is taken to be per Gaussian (``a = 0``): the
-    estimate then errs long as long as growth is left. Under 3DGR-CT's density control (no projection) it is the
+    estimate then errs long as long as growth is left. Where the cost per Gaussian rises past the counts seen (a GPU
+    flat until it fills) the fitted estimate runs short until the count gets there. Under 3DGR-CT's density control (no projection) it is the
     seconds per iteration of the last ``window`` iterations times those left.
 
     Args:

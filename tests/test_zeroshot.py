@@ -35,8 +35,10 @@ def test_decoder_always_receives_ras_windows_at_the_model_spacing(kind):
     centre = _centre(affine)
     scan = _blob_hu(_world_points(affine, SHAPE), centre).astype(np.float32)
     probe = _Probe()
-    zero_shot_gaussians(scan, affine, probe, spec=SPEC, overlap=4, decode=probe.decode)
-    assert probe.windows
+    grad = []
+    decode = lambda windows, affines: (grad.append(torch.is_grad_enabled()), probe.decode(windows, affines))[1]  # noqa: E731
+    zero_shot_gaussians(torch.from_numpy(scan).requires_grad_(), affine, probe, spec=SPEC, overlap=4, decode=decode)
+    assert probe.windows and grad and not any(grad)  # inference: no autograd graph, whatever the decoder or input
     inv_scan = np.linalg.inv(affine)
     checked = 0
     for win, waff in zip(probe.windows, probe.affines):
