@@ -36,7 +36,7 @@ def test_the_table_holds_each_runs_recorded_values(tmp_path):
                        "effective_fraction": 0.01, "training_cases": 1, "training_seed": 0, "subset_seed": 0,
                        "epochs": 40, "best_dice": 0.25, "best_epoch": 30, "last_dice": 0.375, "eval_dice": None,
                        "dice liver": 0.5, "dice spleen": 0.25, "dice kidney": None, "spacing": None,
-                       "hu_window": None, "orientation": None, "encoder_sha256": None}  # fmt: skip
+                       "hu_window": None, "orientation": None, "status": None, "encoder_sha256": None}  # fmt: skip
     assert (rows[1]["init"], rows[1]["encoder"], rows[1]["training_seed"]) == ("voxel-mae", "/enc/encoder.pt", 2)
     assert (rows[1]["best_dice"], rows[1]["best_epoch"], rows[1]["last_dice"], rows[1]["dice kidney"]) == (0.75, 3, 0.6875, 0.5625)
     assert (rows[2]["init"], rows[2]["training_seed"], rows[2]["subset_seed"], rows[2]["best_dice"]) == ("not recorded", None, 5, None)

@@ -128,20 +128,22 @@ def _named(pairs: Sequence[tuple[str, Any]], differs: str = "") -> str:
     return f"{named} ({differs})" if differs else named
 
 
-def repeated_seed_notes(rows: Sequence[dict]) -> list[str]:
+def repeated_seed_notes(rows: Sequence[dict], metric: str | None = None) -> list[str]:
     """A note per training seed that one setting of :func:`summary_table` holds more than once from one encoder
     file of one content (``encoder_sha256``, where recorded): those runs are no independent repeats (and the
     setting's ``sd`` no spread over them).
 
     Args:
         rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
+        metric: the summary's metric (:data:`SUMMARY_METRICS`): the rows it splits by (for ``eval_dice`` also
+            where its Dice was scored) are those the note names; ``None``: those of ``best_dice``.
 
     Returns:
         One line each, naming the setting, the seed, its runs and their subset seeds; none where every setting's
         recorded training seeds differ (runs that record none are not compared).
     """
     notes = []
-    for setting, runs, differs in _groups(rows):
+    for setting, runs, differs in _groups(rows, metric):
         by_seed: dict[Any, list[dict]] = {}
         for run in runs:
             if run.get("training_seed") is not None:  # the same seed from another encoder file: another repeat
@@ -189,7 +191,7 @@ def _trained_on(run: dict) -> tuple[tuple, str] | None:
     return (len(cases), total, source), json.dumps(cases, sort_keys=True)
 
 
-def same_cases_notes(rows: Sequence[dict]) -> list[str]:
+def same_cases_notes(rows: Sequence[dict], metric: str | None = None) -> list[str]:
     """A note per group of settings of :func:`summary_table` that differ only in their label fraction and whose
     runs all trained on the same number of cases of the same data (at least one case is kept, so two fractions
     of few cases can keep as many): one experiment, not several label fractions.
@@ -197,6 +199,8 @@ def same_cases_notes(rows: Sequence[dict]) -> list[str]:
     Args:
         rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`; each run's ``training_cases.json`` is read
             for its data source (datalist, dataset folder, or phantom data) and its chosen cases.
+        metric: the summary's metric (:data:`SUMMARY_METRICS`): the rows it splits by (for ``eval_dice`` also
+            where its Dice was scored) are those the note names; ``None``: those of ``best_dice``.
 
     Returns:
         One line per such group, naming the initialisation and pre-processing, the label fractions (in order of
@@ -207,7 +211,7 @@ def same_cases_notes(rows: Sequence[dict]) -> list[str]:
         not record them, is not compared).
     """
     groups: dict[tuple, dict[Any, set[str]]] = {}
-    for setting, runs, differs in _groups(rows):
+    for setting, runs, differs in _groups(rows, metric):
         trained = [_trained_on(run) for run in runs]
         if None in trained or len({kept for kept, _ in trained}) != 1:
             continue
@@ -229,16 +233,18 @@ def same_cases_notes(rows: Sequence[dict]) -> list[str]:
     return notes
 
 
-def unfinished_notes(rows: Sequence[dict]) -> list[str]:
+def unfinished_notes(rows: Sequence[dict], metric: str | None = None) -> list[str]:
     """A note per run still training, or stopped before its ``max_epochs`` (its newest checkpoint says so), naming
     its experiment: its Dice are of an unfinished run, not scored in the summary.
 
     Args:
         rows: rows of :func:`~medgmae.finetune.runs_table.runs_table`.
+        metric: the summary's metric (:data:`SUMMARY_METRICS`): the rows it splits by (for ``eval_dice`` also
+            where its Dice was scored) are those the note names; ``None``: those of ``best_dice``.
 
     Returns:
         One line per such run; none where every run finished or does not say.
     """
     return [f"note: {_named(list(zip(SETTING_KEYS, setting)), differs)}: {row['run']} has not finished (epochs "
-            f"{row['epochs']}): counted in runs, not scored"
-            for setting, runs, differs in _groups(rows) for row in runs if _unfinished(row)]  # fmt: skip
+            f"{row['experiment']['_progress'][0]}): counted in runs, not scored"
+            for setting, runs, differs in _groups(rows, metric) for row in runs if _unfinished(row)]  # fmt: skip

@@ -11,8 +11,9 @@ last, the run's pre-processing (``spacing``, ``hu_window``, ``orientation``: as 
 recorded since it does, else as ``best_model.pt`` records it; empty cells where neither does). A folder
 that is not a fine-tuning run is named on stderr and left out; a run not validated yet is listed without Dice, with
 a note.
-A run still training (another process holds its folder) or stopped before its ``max_epochs`` says so in its
-``epochs`` cell (``1 of 3, still training``), with a note (:mod:`medgmae.finetune.runs_experiment`).
+A run still training (another process holds its folder) or stopped before its ``max_epochs`` (or training on
+another machine) says so in its markdown ``epochs`` cell (``1 of 3, still training``), with a note
+(:mod:`medgmae.finetune.runs_experiment`); the CSV keeps ``epochs`` a number and says it in a ``status`` column.
 ``--summary METRIC`` adds a table of the runs of each experiment together (a study's seeds), with notes under it
 (:mod:`medgmae.finetune.runs_summary`, whose names are importable from here too): an experiment is one
 initialisation, label fraction and pre-processing and one of what else the runs record of their training (data,
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from medgmae.finetune.runs_experiment import read_experiment
+from medgmae.finetune.runs_experiment import markdown_rows, read_experiment
 from medgmae.finetune.runs_summary import (  # the summary's names, also importable from here
     PREPROCESSING_COLUMNS, SETTING_KEYS, SUMMARY_COLUMNS, SUMMARY_METRICS, markdown_cell, repeated_seed_notes,
     same_cases_notes, summary_columns, summary_table, unfinished_notes,
@@ -192,8 +193,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
 
     Returns:
         ``(row, dice_per_class, note)``: the row keyed by :data:`COLUMNS` and :data:`PREPROCESSING_COLUMNS`
-        (``None`` where the run records nothing), and ``encoder_sha256`` (the encoder file's SHA-256 as the run
-        recorded it, for :func:`replaced_encoder_notes`; no column),
+        (``None`` where the run records nothing), ``status`` (an unfinished run's, the CSV's column) and
+        ``encoder_sha256`` (the encoder file's SHA-256 as the run recorded it, for :func:`replaced_encoder_notes`),
         the last validation's Dice by class name, and a note (else ``None``) for a run not validated yet or whose
         ``eval/metrics.json`` evaluated another ``best_model.pt`` than the one there now (its ``eval_dice`` is then
         ``None``: an evaluation run while the run still trained, or before a resume trained on).
@@ -228,8 +229,8 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
            "eval_dice": _number(evaluation.get("mean_dice"), float),
            **preprocessing, "encoder_sha256": _encoder_sha256(record), "experiment": experiment}  # fmt: skip
     notes = []
-    if progress := experiment["_progress"]:  # not finished: said in its epochs cell, and not scored in the summary
-        row["epochs"] = progress[0]
+    if progress := experiment["_progress"]:  # not finished: its status (the CSV's), said in the markdown's epochs cell
+        row["status"] = progress[2]
         notes.append(progress[1])
     if best is None and row["last_dice"] is None:
         validated = (path / "validation" / "metrics.json").is_file()
@@ -276,8 +277,14 @@ def runs_table(folders: Sequence[str | Path], per_class: bool = False) -> tuple[
         rows.append({**row, **{f"dice {name}": value for name, value in dice.items()}})
     messages += replaced_encoder_notes(rows)
     columns = COLUMNS + ([f"dice {name}" for name in classes] if per_class else []) + PREPROCESSING_COLUMNS
-    hidden = ("encoder_sha256", "experiment")  # no columns: read by the summary and its notes
+    hidden = ("status", "encoder_sha256", "experiment")  # no columns: the CSV's status, read by the summary and notes
     return columns, [{**{c: row.get(c) for c in columns}, **{k: row.get(k) for k in hidden}} for row in rows], messages
+
+
+def _csv_columns(columns: Sequence[str]) -> list[str]:
+    """The CSV's columns: ``columns`` with ``status`` after ``epochs`` (an unfinished run's, else empty)."""
+    at = list(columns).index("epochs") + 1
+    return [*columns[:at], "status", *columns[at:]]
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[dict]) -> str:
@@ -363,17 +370,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         print(f"{PROG}: error: none of the {len(args.runs)} folders could be read as a fine-tuning run", file=sys.stderr)
         return 2
-    text = markdown_table(columns, rows)
+    text = markdown_table(columns, markdown_rows(rows))
     if args.summary:
         summary = summary_table(rows, args.summary)
         split = ", and what differs_in names" if "differs_in" in (columns_shown := summary_columns(summary)) else ""
         text += (f"\n{args.summary} by setting (initialisation, label fraction, pre-processing{split}):\n\n"
                  f"{markdown_table(columns_shown, summary)}")  # fmt: skip
-        notes = [*repeated_seed_notes(rows), *same_cases_notes(rows), *unfinished_notes(rows)]
+        notes = [*repeated_seed_notes(rows, args.summary), *same_cases_notes(rows, args.summary),
+                 *unfinished_notes(rows, args.summary)]  # fmt: skip
         text += "".join(f"\n{note}\n" for note in notes)
     print(text, end="")
     try:
-        for value, content in ((args.markdown, text), (args.csv, csv_table(columns, rows))):
+        for value, content in ((args.markdown, text), (args.csv, csv_table(_csv_columns(columns), rows))):
             if value is not None:
                 _write(Path(value), content)
                 print(f"wrote {value}")
