@@ -232,7 +232,8 @@ class CTGeometry:
     def validate(self) -> None:
         """Raise ``ValueError`` on an inconsistent geometry."""
         if self.kind not in GEOMETRY_KINDS:
-            raise ValueError(f"geometry kind must be one of {GEOMETRY_KINDS}, got {self.kind!r}")
+            fan = " (a fan beam is a cone beam of one detector row over a volume of one slice)" if "fan" in str(self.kind).lower() else ""
+            raise ValueError(f"geometry kind must be one of {GEOMETRY_KINDS}, got {self.kind!r}{fan}")
         if any(s <= 0 for s in self.volume_shape):
             raise ValueError(f"volume_shape must be positive, got {self.volume_shape}")
         for name, vals in (("voxel_size", self.voxel_size), ("det_spacing", self.det_spacing)):
