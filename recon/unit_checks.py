@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
-from medgmae.volume_units import looks_like_attenuation, looks_like_hu, value_kind
+from medgmae.volume_units import looks_like_hu, value_kind
 from recon.cli_names import CLIError
 
 __all__ = ["UNITS_FLAG", "check_units"]
@@ -45,17 +45,19 @@ def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
     """
     if expected not in ("attenuation", "hu"):
         raise ValueError(f"expected must be 'attenuation' or 'hu', got {expected!r}")
-    span = f"values {float(np.min(volume)):.4g} .. {float(np.max(volume)):.4g}"
     skip = f"; {UNITS_FLAG} skips this check"
-    if expected == "attenuation" and looks_like_hu(volume):
-        raise CLIError(f"{flag} {path} looks like a CT in HU ({span}), not linear attenuation in 1/mm (water 0.0192): "
-                       "pass the attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
-                       f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
-    if expected != "hu":
+    if expected == "attenuation":
+        if looks_like_hu(volume):  # the range read again for the message only when refusing
+            raise CLIError(f"{flag} {path} looks like a CT in HU (values {float(np.min(volume)):.4g} .. "
+                           f"{float(np.max(volume)):.4g}), not linear attenuation in 1/mm (water 0.0192): pass the "
+                           "attenuation volume simulate wrote (e.g. scan/reference.nii.gz), or convert with "
+                           f"mu = 0.0192 (1 + HU / 1000), clipped at 0{skip}")  # fmt: skip
         return
-    if looks_like_attenuation(volume):  # before the label map: a 0/1 mask is refused as before
+    kind, facts = value_kind(volume)  # one pass for the range, which the attenuation test and messages reuse
+    span = f"values {facts['lo']:.4g} .. {facts['hi']:.4g}"
+    if max(abs(facts["lo"]), abs(facts["hi"])) <= ATTENUATION_LIKE_HU:  # looks_like_attenuation on that range:
+        # before the label map, so a 0/1 mask is refused as before
         raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
                        f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
-    kind, facts = value_kind(volume)
     if kind in _HU_WARNINGS:  # warnings: other modalities' and crops' ranges reach here too
         print(f"warning: {flag} {path} " + _HU_WARNINGS[kind].format(span=span, **facts), flush=True)
