@@ -41,9 +41,9 @@ def _values(array: np.ndarray) -> dict[str, Any]:
     if values.size == 0:
         return {**facts, "min": None, "max": None, "percentiles": {}, "looks_like": "no finite voxel"}
     sample = values.ravel()[:: max(1, values.size // 2_000_000)]  # percentiles of a regular sample of big scans
-    facts.update(min=float(values.min()), max=float(values.max()),
+    kind, found = volume_units.value_kind(values)  # the judgement the pipelines' warning makes; its range read once
+    facts.update(min=found["lo"], max=found["hi"],
                  percentiles={f"{p:g}": round(float(v), 4) for p, v in zip(PERCENTILES, np.percentile(sample, PERCENTILES))})  # fmt: skip
-    kind, found = volume_units.value_kind(values)  # the judgement the pipelines' warning makes
     said = {"constant": "constant (every voxel the same): an empty or blanked volume?",
             "label_map": f"a label map ({found.get('values')} classes)",
             "attenuation": "attenuation (1/mm), not HU",
@@ -51,7 +51,8 @@ def _values(array: np.ndarray) -> dict[str, Any]:
                           "without air or another modality",
             "shifted_down": "HU shifted down by 1024 (the rescale intercept applied twice?)"}.get(kind)  # fmt: skip
     if said is None:
-        said = "CT in HU" if volume_units.looks_like_hu(values) else "neither CT in HU, attenuation nor a label map"
+        hu = volume_units.range_is_hu(found["lo"], found["hi"])  # looks_like_hu, on the range read above
+        said = "CT in HU" if hu else "neither CT in HU, attenuation nor a label map"
     return {**facts, "looks_like": said}
 
 

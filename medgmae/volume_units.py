@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the spec is only read here; importing it at run time is not
 
 __all__ = [
     "ATTENUATION_BOUNDS", "ATTENUATION_LIKE_HU", "SHIFTED_HU_MIN", "SHIFTED_DOWN_HU_MAX", "SHIFTED_DOWN_HU_MEDIAN",
-    "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu", "looks_like_shifted_down_hu", "looks_like_hu", "looks_like_attenuation", "looks_like_label_map", "value_kind", "window_expects_hu", "warn_if_not_hu",
+    "LABEL_MAP_MAX_VALUES", "looks_like_shifted_hu", "looks_like_shifted_down_hu", "looks_like_hu", "range_is_hu", "looks_like_attenuation", "range_is_attenuation", "looks_like_label_map", "value_kind", "window_expects_hu", "warn_if_not_hu",
 ]  # fmt: skip
 
 logger = logging.getLogger("medgmae")
@@ -43,14 +43,22 @@ def _value_range(array) -> tuple[float, float]:
 def looks_like_hu(array) -> bool:
     """Whether ``array`` (NumPy or torch, any shape) reaches past :data:`ATTENUATION_BOUNDS`, so cannot be linear
     attenuation in 1/mm: a CT in Hounsfield units."""
-    lo, hi = _value_range(array)
+    return range_is_hu(*_value_range(array))
+
+
+def range_is_hu(lo: float, hi: float) -> bool:
+    """:func:`looks_like_hu` of a volume's ``(min, max)``, for a caller that has read its range."""
     return lo < ATTENUATION_BOUNDS["min"] or hi > ATTENUATION_BOUNDS["max"]
 
 
 def looks_like_attenuation(array) -> bool:
     """Whether every value of ``array`` (NumPy or torch, any shape) lies within :data:`ATTENUATION_LIKE_HU` in
     magnitude, as in a linear attenuation volume in 1/mm (a CT in HU has air at -1000 or tissue at tens of HU)."""
-    lo, hi = _value_range(array)
+    return range_is_attenuation(*_value_range(array))
+
+
+def range_is_attenuation(lo: float, hi: float) -> bool:
+    """:func:`looks_like_attenuation` of a volume's ``(min, max)``, for a caller that has read its range."""
     return max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU
 
 
@@ -97,7 +105,11 @@ def looks_like_label_map(array) -> int:
     """The number of distinct values of ``array`` (NumPy or torch, any shape) when it looks like a segmentation
     (at most :data:`LABEL_MAP_MAX_VALUES` integers in ``[0, 255]``, counted on about a million evenly spaced
     voxels), else 0."""
-    sample = _sample(array)
+    return _label_map_values(_sample(array))
+
+
+def _label_map_values(sample: np.ndarray) -> int:
+    """:func:`looks_like_label_map` of a :func:`_sample` of a volume."""
     if sample.size == 0 or sample.min() < 0 or sample.max() > 255 or np.any(sample != np.round(sample)):
         return 0
     values = np.unique(sample).size
@@ -119,13 +131,13 @@ def looks_like_shifted_down_hu(array) -> bool:
     """Whether ``array`` (NumPy or torch, any shape) looks like a CT shifted down by 1024 HU (its rescale intercept
     applied twice: air at about -2000, tissue at about -1000): nothing above :data:`SHIFTED_DOWN_HU_MAX` (no soft
     tissue), or half its voxels below :data:`SHIFTED_DOWN_HU_MEDIAN` (far below air)."""
-    return _shifted_down(array, _value_range(array)[1]) is not None
+    return _shifted_down(_sample(array), _value_range(array)[1]) is not None
 
 
-def _shifted_down(array, hi: float) -> float | None:
-    """The median of :func:`_sample` of ``array`` (whose maximum is ``hi``) when it looks shifted down by 1024 HU
-    (:func:`looks_like_shifted_down_hu`), else ``None``."""
-    median = float(np.median(_sample(array)))
+def _shifted_down(sample: np.ndarray, hi: float) -> float | None:
+    """The median of ``sample`` (:func:`_sample` of a volume whose maximum is ``hi``) when the volume looks shifted
+    down by 1024 HU (:func:`looks_like_shifted_down_hu`), else ``None``."""
+    median = float(np.median(sample))
     return median if hi < SHIFTED_DOWN_HU_MAX or median < SHIFTED_DOWN_HU_MEDIAN else None
 
 
@@ -198,12 +210,13 @@ def value_kind(array) -> tuple[str | None, dict]:
     facts: dict = {"lo": lo, "hi": hi}
     if lo == hi:
         return "constant", facts
-    values = looks_like_label_map(array)
+    sample = _sample(array)  # once, for the label map's values and the median
+    values = _label_map_values(sample)
     if values:
         return "label_map", {**facts, "values": values}
-    if max(abs(lo), abs(hi)) <= ATTENUATION_LIKE_HU:  # looks_like_attenuation, on the range read above
+    if range_is_attenuation(lo, hi):
         return "attenuation", facts
     if _range_is_shifted_hu(lo, hi):
         return "shifted_up", facts
-    median = _shifted_down(array, hi)
+    median = _shifted_down(sample, hi)
     return ("shifted_down", {**facts, "median": median}) if median is not None else (None, facts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from medgmae.volume_units import ATTENUATION_BOUNDS, ATTENUATION_LIKE_HU  # noqa: F401  (named by check_units)
-from medgmae.volume_units import looks_like_hu, value_kind
+from medgmae.volume_units import looks_like_hu, range_is_attenuation, value_kind
 from recon.cli_names import CLIError
 
 __all__ = ["UNITS_FLAG", "check_units"]
@@ -55,8 +55,7 @@ def check_units(volume: np.ndarray, path, flag: str, expected: str) -> None:
         return
     kind, facts = value_kind(volume)  # one pass for the range, which the attenuation test and messages reuse
     span = f"values {facts['lo']:.4g} .. {facts['hi']:.4g}"
-    if max(abs(facts["lo"]), abs(facts["hi"])) <= ATTENUATION_LIKE_HU:  # looks_like_attenuation on that range:
-        # before the label map, so a 0/1 mask is refused as before
+    if range_is_attenuation(facts["lo"], facts["hi"]):  # before the label map: a 0/1 mask is refused as before
         raise CLIError(f"{flag} {path} looks like linear attenuation in 1/mm ({span}), not a CT in HU (air -1000, "
                        f"water 0): simulate reads HU; convert with HU = 1000 (mu / 0.0192 - 1){skip}")  # fmt: skip
     if kind in _HU_WARNINGS:  # warnings: other modalities' and crops' ranges reach here too

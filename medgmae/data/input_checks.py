@@ -18,7 +18,7 @@ from monai.transforms import MapTransform
 from medgmae.preprocessing import PreprocessingSpec
 from medgmae.volume_units import warn_if_not_hu
 
-__all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "crop_floor", "padding_share"]
+__all__ = ["WarnIfNotHUd", "WarnIfPaddedd", "padding_share"]
 
 logger = logging.getLogger("medgmae.data")
 
@@ -46,13 +46,6 @@ class WarnIfNotHUd(MapTransform):
         return data
 
 
-def crop_floor(spec: PreprocessingSpec) -> float:
-    """The image value that ``spec``'s window (``hu_window`` mapped to ``intensity_range``) maps to 0: the foreground
-    crop (``CropForegroundd``'s default, voxels above 0 after the window) keeps the box of the voxels above it."""
-    (a0, a1), (b0, b1) = spec.hu_window, spec.intensity_range
-    return float(a0 + (0.0 - b0) * (a1 - a0) / (b1 - b0))
-
-
 def padding_share(shape: Sequence[int], window: Sequence[int]) -> float:
     """The share of a ``window`` (a crop, or zero-shot inference's window) that padding fills when it holds a volume
     of ``shape`` (both in voxels, per axis), in ``[0, 1)``."""
@@ -72,8 +65,9 @@ class WarnIfPaddedd(MapTransform):
         max_padding: the share of a crop that may be padding without a warning, in ``[0, 1)``.
         window: what the message calls the region of ``spatial_size`` (``"crop"`` in training; inference's
             ``"sliding window"``).
-        spec: the pre-processing before the foreground crop, whose window's floor (:func:`crop_floor`) the message
-            names when the crop is empty (``None``: not named).
+        spec: the pre-processing before the foreground crop, whose window's floor (``spec.unwindow(0.0)``, the HU
+            its window maps to 0: the foreground crop keeps the voxels above it) the message names when the crop is
+            empty (``None``: not named).
     """
 
     _warned: set = set()
@@ -83,7 +77,7 @@ class WarnIfPaddedd(MapTransform):
         max_padding: float = 0.25, window: str = "crop", spec: PreprocessingSpec | None = None,
     ) -> None:
         super().__init__(keys)
-        self.floor = None if spec is None else crop_floor(spec)
+        self.floor = None if spec is None else float(spec.unwindow(0.0))
         self.window = str(window)
         if not 0.0 <= float(max_padding) < 1.0:
             raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
