@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from recon.cli_names import CLIError
+from recon.transpose_check import spread_views
 
 __all__ = ["AXES", "MAX_VIEWS", "MIRRORS", "MIRROR_RATIO", "check_fbp_orientation", "mirror_residuals",
            "better_mirror", "relative_residual"]  # fmt: skip
@@ -71,11 +72,6 @@ def relative_residual(model: torch.Tensor, measured: torch.Tensor) -> float | No
     return float(torch.linalg.vector_norm(gain * a - p)) / norm_p
 
 
-def _views(num_views: int, max_views: int) -> list[int]:
-    """At most ``max_views`` view indices spread evenly over ``0 .. num_views - 1``."""
-    return np.unique(np.round(np.linspace(0, num_views - 1, min(num_views, max_views))).astype(int)).tolist()
-
-
 @torch.no_grad()
 def mirror_residuals(projector, proj: torch.Tensor, volume: torch.Tensor,
                      max_views: int = MAX_VIEWS) -> dict[tuple[int, ...], float] | None:
@@ -95,7 +91,7 @@ def mirror_residuals(projector, proj: torch.Tensor, volume: torch.Tensor,
         raise ValueError(f"max_views must be at least 1, got {max_views}")
     if tuple(volume.shape) != tuple(projector.geometry.volume_shape):
         raise ValueError(f"volume must be {tuple(projector.geometry.volume_shape)}, got {tuple(volume.shape)}")
-    views = _views(len(proj), max_views)
+    views = spread_views(len(proj), max_views)
     measured = proj[views].float()
     volume = volume.float()
     if not bool(torch.any(volume != 0)):

@@ -184,11 +184,12 @@ def _reconstruct(args, matrix: list[Path]) -> int:
     ref_t = None if reference is None else torch.from_numpy(reference)
     rec = GaussianReconstructor(projector, proj_t, init, cfg, reference=ref_t, device=device, value_scale=value_scale,
                                 unit_check=False)  # --reference's file checked by load_matching_volume
-    rec.run_info = {**x.run_info, "software": software_versions(device)}  # saved with the state: the first session's
+    software = software_versions(device)  # this session's; the state keeps the first session's (None: not recorded)
+    first_software = software if x.state is None else (x.state.get("run_info") or {}).get("software")
+    rec.run_info = {**x.run_info, "software": first_software}  # saved with the state
     start_eval = rec.evaluate() or None  # the start's PSNR / SSIM (before a resumed state replaces it): iteration 0
     if x.state is not None:
-        _resume(rec, x.state, state_path, device)
-    first_software = rec.run_info["software"]  # kept across a --refit, whose reconstructor records no run
+        _resume(rec, x.state, state_path, software)
     print(growth_note(cfg, rec.iteration, rec.num_gaussians), flush=True)  # how the count and the iterations' cost grow
     progress = "lines" if args.no_progress else True  # --no-progress: no bar, the evaluations' lines still
     result = rec.run(checkpoint_path=state_path, progress=progress)
@@ -197,7 +198,7 @@ def _reconstruct(args, matrix: list[Path]) -> int:
         init_fn = lambda: start.initialise(args, init_settings, fbp_t, affine, model, spec)  # noqa: E731
         holdout["init_seconds"] = init_seconds  # the held-out run's start; the record's own is the refit's
         rec, result, start_eval, init, init_seconds = _refit(rec, init_fn, result.best_iteration, progress=progress)
-    metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device)
+    metrics = _metrics(args, init_settings, cfg, rec, result, init, init_seconds, projector.name, device, software)
     metrics["holdout"], metrics["scan"], metrics["projector_seconds"] = holdout, x.run_info["scan"], projector_seconds
     metrics["inputs"] = x.run_info["files"]  # the --checkpoint / --fbp content the start was built from (SHA-256)
     metrics["start"], metrics["first_session_software"] = start_eval, first_software
@@ -348,17 +349,14 @@ def _check_holdout_flags(args, geom: CTGeometry | None = None) -> None:
                        f"hold out between 1 and {geom.num_views // 2}")  # fmt: skip
 
 
-def _resume(rec, state: dict, state_path: Path, device) -> None:
+def _resume(rec, state: dict, state_path: Path, software: dict) -> None:
     """Restore ``state`` into ``rec``; the resume's entry (``rec.resumed``, the last of ``rec.resumes``) records
-    this session's software, ``rec.run_info`` keeps the first session's as the state recorded it."""
-    from medgmae.software import software_versions
-
+    this session's ``software``."""
     try:
         rec.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError) as e:
         raise CLIError(f"cannot resume from {state_path}: {e}") from e
-    rec.resumed["software"] = software_versions(device)
-    rec.run_info["software"] = (state.get("run_info") or {}).get("software")  # the first session's (None: not recorded)
+    rec.resumed["software"] = software
 
 
 def _check_views_per_iteration(args, geom: CTGeometry) -> None:
@@ -370,11 +368,11 @@ def _check_views_per_iteration(args, geom: CTGeometry) -> None:
                        f"scan {args.projections}{held}")
 
 
-def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device) -> dict:
-    """What ``metrics.json`` records: the preset, every setting, the run and its history."""
+def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: float, projector: str, device,
+             software: dict) -> dict:  # fmt: skip
+    """What ``metrics.json`` records: the preset, every setting, the run and its history (``software``: this
+    session's)."""
     from dataclasses import asdict
-
-    from medgmae.software import software_versions
 
     return {
         "preset": args.preset, "init": init_settings["init"], "iterations": result.iterations, "time_seconds": result.seconds,
@@ -384,7 +382,7 @@ def _metrics(args, init_settings: dict, cfg, rec, result, init, init_seconds: fl
         "init_settings": init_settings, "fbp_filter": None if args.fbp else args.filter,
         "arguments": {k: v for k, v in vars(args).items() if k != "command"},
         "iterations_to_psnr": result.iterations_to_psnr, "history": result.history, "density_rounds": result.density_rounds,
-        "resumed": rec.resumed, "resumes": rec.resumes, "software": software_versions(device),
+        "resumed": rec.resumed, "resumes": rec.resumes, "software": software,
     }  # fmt: skip
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from recon.geometry import CTGeometry
 
-__all__ = ["MASS_SHARE", "MAX_VIEWS", "STEADIER", "UNSTEADY_ROWS", "sum_variation", "transposed_note"]
+__all__ = ["MASS_SHARE", "MAX_VIEWS", "STEADIER", "UNSTEADY_ROWS", "spread_views", "sum_variation", "transposed_note"]
 
 #: Views read, spread evenly over the stack (the sums of a few dozen views tell as much as all of them).
 MAX_VIEWS = 64
@@ -63,6 +63,12 @@ def _cv(sums: np.ndarray) -> float | None:
     return float(np.median(sums[:, keep].std(axis=0) / mean[keep]))
 
 
+def spread_views(num_views: int, max_views: int) -> list[int]:
+    """At most ``max_views`` view indices spread evenly over ``0 .. num_views - 1`` (the checks that look at a
+    sample of the views: this one and :mod:`recon.fbp_check`)."""
+    return np.unique(np.round(np.linspace(0, num_views - 1, min(num_views, max_views))).astype(int)).tolist()
+
+
 def sum_variation(proj, max_views: int = MAX_VIEWS) -> tuple[float, float] | None:
     """How much each view's row sums and column sums vary across the views.
 
@@ -81,7 +87,7 @@ def sum_variation(proj, max_views: int = MAX_VIEWS) -> tuple[float, float] | Non
     v, rows, cols = proj.shape
     if v < MIN_VIEWS or rows < 4 or cols < 4:
         return None
-    picked = np.unique(np.round(np.linspace(0, v - 1, min(v, max_views))).astype(int))
+    picked = spread_views(v, max_views)
     row_sums, col_sums = np.empty((len(picked), rows)), np.empty((len(picked), cols))
     for k, i in enumerate(picked):  # one view at a time: no copy of the stack
         view = proj[int(i)]
