@@ -15,7 +15,6 @@ run's record (``extra["run"]``) and the toolkit's commands that take this kind (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from pathlib import Path
@@ -89,15 +88,12 @@ def _preprocessing(spec: Any, config: dict) -> dict[str, Any]:
     """``{"recorded": True, **spec}``, or where none is recorded ``{"recorded": False, "fallback": the spec consumers
     use (3D: the default at the network's own sizes), "advice": RECORD_ADVICE}`` (``fallback`` and ``advice``
     ``None`` for 2D)."""
-    from medgmae.preprocessing import DEFAULT_SPEC, RECORD_ADVICE
+    from medgmae.preprocessing import RECORD_ADVICE, default_spec_at
 
     if spec is not None:
         return {"recorded": True, **spec.to_dict()}
-    size, patch = config.get("img_size"), config.get("patch_size")
-    fallback = None
-    if isinstance(size, (list, tuple)) and len(size) == 3 and patch is not None:  # model_preprocessing's fallback
-        patch = tuple(patch) if isinstance(patch, (list, tuple)) else (patch,) * 3
-        fallback = dataclasses.replace(DEFAULT_SPEC, input_size=tuple(size), patch_size=patch).to_dict()
+    fallback = default_spec_at(config.get("img_size"), config.get("patch_size"))  # model_preprocessing's fallback
+    fallback = None if fallback is None else fallback.to_dict()
     return {"recorded": False, "fallback": fallback, "advice": RECORD_ADVICE if fallback else None}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 
 __all__ = [
-    "PreprocessingSpec", "DEFAULT_SPEC", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
+    "PreprocessingSpec", "DEFAULT_SPEC", "default_spec_at", "describe_preprocessing", "model_preprocessing", "spec_with_overrides",
     "check_spec_setting", "check_spacing_override", "check_hu_window_override", "hu_range_bounds", "pixdim_spacing",
 ]  # fmt: skip
 
@@ -312,6 +312,15 @@ RECORD_ADVICE = ("record the pre-processing its training used with medgmae.check
                  "orientation=..., spacing=..., hu_window=...)")
 
 
+def default_spec_at(size: Any, patch: Any) -> "PreprocessingSpec | None":
+    """:data:`DEFAULT_SPEC` at a 3D network's own window (``img_size`` of three values) and ``patch_size`` (one or
+    three), the spec a model that records none is read with (:func:`model_preprocessing`); ``None`` for other
+    sizes (a 2D network's, or none given)."""
+    if size is None or patch is None or isinstance(size, (str, int)) or len(tuple(size)) != 3:
+        return None
+    return dataclasses.replace(DEFAULT_SPEC, input_size=tuple(size), patch_size=patch)
+
+
 def model_preprocessing(model: Any, source: str, advice: str = RECORD_ADVICE) -> "PreprocessingSpec":
     """The pre-processing a model records (its ``preprocessing``), or :data:`DEFAULT_SPEC` (at the model's own
     ``img_size`` and ``patch_size`` when it has them) with a warning naming ``source`` when it records none (a model file of an early version, or one rebuilt by hand): every consumer of a
@@ -325,10 +334,7 @@ def model_preprocessing(model: Any, source: str, advice: str = RECORD_ADVICE) ->
     spec = getattr(model, "preprocessing", None)
     if spec is not None:
         return spec
-    d = DEFAULT_SPEC
-    size, patch = getattr(model, "img_size", None), getattr(model, "patch_size", None)
-    if size is not None and patch is not None and len(tuple(size)) == 3:  # the model's own window, not the default's
-        d = dataclasses.replace(d, input_size=tuple(size), patch_size=tuple(patch))
+    d = default_spec_at(getattr(model, "img_size", None), getattr(model, "patch_size", None)) or DEFAULT_SPEC
     logger.warning(
         "%s records no pre-processing: the model sees the scan as the toolkit's default %s, %s mm voxels, HU window "
         "%s; if it was trained otherwise its output is wrong (%s)",

@@ -249,13 +249,14 @@ def _spec_and_window(
 
 
 def _checked_inputs(
-    volume: Any, model: Any, spec: PreprocessingSpec | dict | None, settings: dict, decode: Callable | None, source: str
+    volume: Any, model: Any, spec: PreprocessingSpec | dict | None, settings: dict, decode: Callable | None, source: str,
+    overrides_warned: bool = False,
 ) -> tuple[PreprocessingSpec, tuple[int, int, int]]:
     """:func:`_check_inputs` and :func:`_spec_and_window`, a check of ``min_intensity`` and the scan's shape, and
     :func:`~medgmae.volume_units.warn_if_not_hu` of the scan (once, before any work); ``settings`` holds
     ``overlap``, ``batch_size`` and ``min_intensity``."""
     _check_inputs(volume, model, decode)
-    spec, win = _spec_and_window(model, spec, settings["overlap"], settings["batch_size"], settings["overrides_warned"])
+    spec, win = _spec_and_window(model, spec, settings["overlap"], settings["batch_size"], overrides_warned)
     low = settings["min_intensity"]
     try:
         number = math.nan if isinstance(low, (bool, str)) else float(low)
@@ -375,8 +376,8 @@ def zero_shot_gaussians(
             ``spec`` whose input size is not the model's window, a bad ``overlap``, ``batch_size`` or
             ``min_intensity``, or a scan that is not a finite, non-empty 3D array with a non-singular affine.
     """
-    settings = {"overlap": overlap, "batch_size": batch_size, "min_intensity": min_intensity, "overrides_warned": overrides_warned}
-    spec, win = _checked_inputs(volume, model, spec, settings, decode, source)
+    settings = {"overlap": overlap, "batch_size": batch_size, "min_intensity": min_intensity}
+    spec, win = _checked_inputs(volume, model, spec, settings, decode, source, overrides_warned)
     scan_shape = tuple(int(s) for s in np.shape(volume))
     x, prep_affine = prepare_scan(volume, affine, spec)
     n = tuple(x.shape)
