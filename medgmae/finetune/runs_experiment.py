@@ -48,17 +48,16 @@ def _canon(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
-def _newest_checkpoint(folder: Path) -> dict:
-    """The newest ``checkpoint_epoch=N.pt``'s ``engine`` and ``objects`` records (memory-mapped: its weights are
-    not read); ``{}`` without one, or where it does not read (a file cut short, or no training checkpoint)."""
-    from medgmae.engine.resume import epoch_checkpoints
+def _newest_checkpoint(newest: Path | None) -> dict:
+    """The ``engine`` and ``objects`` records of the run's newest ``checkpoint_epoch=N.pt`` (memory-mapped: its
+    weights are not read); ``{}`` without one (``None``), or where it does not read (a file cut short, or no
+    training checkpoint)."""
     from medgmae.torch_files import load_torch_file
 
-    found = epoch_checkpoints(folder)
-    if not found:
+    if newest is None:
         return {}
     try:
-        ckpt = load_torch_file(found[0][1], "cpu", mmap=True)
+        ckpt = load_torch_file(newest, "cpu", mmap=True)
     except (OSError, ValueError, RuntimeError, EOFError):
         return {}
     return ckpt if isinstance(ckpt, dict) else {}
@@ -120,7 +119,7 @@ def _eval_cases(own: Path | None, evaluation: Mapping) -> str | None:
 
 
 def read_experiment(folder: Path, record: Mapping, spec: Mapping | None, model_config: Mapping | None,
-                    evaluation: Mapping) -> dict[str, Any]:  # fmt: skip
+                    evaluation: Mapping, newest: Path | None) -> dict[str, Any]:  # fmt: skip
     """What a run recorded of how it was trained and evaluated, as the summary compares runs by it.
 
     Args:
@@ -130,6 +129,7 @@ def read_experiment(folder: Path, record: Mapping, spec: Mapping | None, model_c
             ``None``.
         model_config: ``best_model.pt``'s network config, or ``None``.
         evaluation: its ``eval/metrics.json`` (``{}`` without one).
+        newest: its newest ``checkpoint_epoch=N.pt`` (``None``: none), as the table listed them.
 
     Returns:
         ``{field: value}`` (``None`` where the run records nothing): ``data``, ``training set`` (the data's
@@ -137,7 +137,7 @@ def read_experiment(folder: Path, record: Mapping, spec: Mapping | None, model_c
         ``preprocessing.input_size``, ``optimiser.learning_rate``, ...) and :data:`EVAL_FIELDS`; and
         ``"_progress"``: :func:`run_progress`'s ``(cell, note, status)`` or ``None``.
     """
-    ckpt = _newest_checkpoint(folder)
+    ckpt = _newest_checkpoint(newest)
     objects, engine = ckpt.get("objects"), ckpt.get("engine")
     source = str(record.get("datalist") or record.get("dataset_dir") or "")
     own, total = _run_datalist(folder, record), record.get("num_total")

@@ -219,7 +219,7 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, float | None
     epochs = epoch_checkpoints(path)
     cases = record.get("cases")
     preprocessing, spec = _preprocessing(record, model_spec, path / RECORD_FILE)
-    experiment = read_experiment(path, record, spec, model_config, evaluation)
+    experiment = read_experiment(path, record, spec, model_config, evaluation, epochs[0][1] if epochs else None)
     row = {"run": str(folder), "init": init, "encoder": encoder, "label_fraction": record.get("label_fraction"),
            "effective_fraction": record.get("effective_fraction"),
            "training_cases": len(cases) if isinstance(cases, list) else None,
