@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from medgmae.twod.classification_data import ClassificationData
 
 __all__ = [
+    "predict",
     "confusion_matrix",
     "classification_metrics",
     "evaluate_gvit",
@@ -60,6 +61,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("medgmae.gvit")
+
+def predict(model: torch.nn.Module, loader, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, predictions)`` of ``model`` over ``loader`` (eval mode; :func:`predict_loader`)."""
+    labels, probs, _ = predict_loader(model, loader, device)
+    return labels, probs.argmax(-1)
+
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """``(num_classes, num_classes)`` counts, rows = true class, columns = predicted class."""
